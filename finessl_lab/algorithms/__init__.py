@@ -1,0 +1,8 @@
+"""SSL algorithms: a base class with swappable pseudo-labelling / masking / weighting hooks and a registry.
+
+Importing this package registers every built-in algorithm in :data:`REGISTRY`.
+"""
+from .base import REGISTRY, Algorithm, Heads, StepOutput, UnlabeledViews, build_algorithm, register
+from . import supervised, fixmatch, finessl  # noqa: F401  (registration side effect)
+
+__all__ = ["REGISTRY", "Algorithm", "Heads", "StepOutput", "UnlabeledViews", "build_algorithm", "register"]

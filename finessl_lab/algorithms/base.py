@@ -1,0 +1,139 @@
+"""The SSL algorithm base class: a FixMatch-shaped template whose parts are swappable hooks.
+
+One training step, given features already computed by the trainer (one backbone forward for all views):
+
+    probs_w   = softmax(main(u.weak))                  (no grad, fp32)
+    observe(index, probs_w)                            stateful trackers (class pace, priors, ...)
+    pl, mask  = pseudo_label(probs_w), mask(probs_w)
+    weight    = weight(probs_w, probs_aux, mask)
+    loss      = supervised_loss(x) + unlabeled_loss(u, pl, mask, weight)
+
+An algorithm subclass overrides only what differs. Algorithms know nothing about files, devices or logging;
+their state (``state_dict``) is saved and restored with every checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import check_choice
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import AlgorithmConfig
+
+REGISTRY: dict[str, type["Algorithm"]] = {}
+
+
+def register(cls: type["Algorithm"]) -> type["Algorithm"]:
+    """Class decorator: make an algorithm available by its ``name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def build_algorithm(cfg: "AlgorithmConfig", num_classes: int, num_unlabeled: int, device=None) -> "Algorithm":
+    check_choice("algorithm", cfg.name, sorted(REGISTRY))
+    return REGISTRY[cfg.name](cfg, num_classes, num_unlabeled, device)
+
+
+@dataclass
+class Heads:
+    main: nn.Module
+    aux: nn.Module
+
+
+@dataclass
+class UnlabeledViews:
+    """Backbone features of one unlabeled batch: the weak view and the strong views."""
+    weak: Tensor
+    strong: list[Tensor]
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    probs_main: Tensor | None = None   # [U, C] weak-view probabilities of the main head
+    probs_aux: Tensor | None = None    # [U, C] weak-view probabilities of the aux head (if any)
+    pseudo_label: Tensor | None = None
+    mask: Tensor | None = None
+    weight: Tensor | None = None
+
+
+def probs(logits: Tensor) -> Tensor:
+    """Softmax in fp32, detached."""
+    return torch.softmax(logits.detach().float(), dim=1)
+
+
+class Algorithm:
+    """Base = FixMatch's structure: hard pseudo-labels, fixed-threshold mask, masked CE on strong view 1."""
+
+    name: ClassVar[str] = "base"
+    uses_unlabeled: ClassVar[bool] = True
+    num_strong: ClassVar[int] = 1  # strong views the algorithm reads (the data pipeline always offers 2)
+
+    def __init__(self, cfg: "AlgorithmConfig", num_classes: int, num_unlabeled: int, device=None):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.num_unlabeled = num_unlabeled
+        self.device = device
+
+    # -- hooks ------------------------------------------------------------------------------------------
+    def observe(self, index: Tensor, probs_w: Tensor) -> None:
+        """See the weak-view predictions of unlabeled samples ``index`` before the losses are formed."""
+
+    def pseudo_label(self, probs_w: Tensor) -> Tensor:
+        return probs_w.argmax(dim=1)
+
+    def mask(self, probs_w: Tensor) -> Tensor:
+        return (probs_w.max(dim=1).values >= self.cfg.threshold).float()
+
+    def aux_probs(self, heads: Heads, u: UnlabeledViews) -> Tensor | None:
+        return None
+
+    def weight(self, probs_w: Tensor, probs_aux: Tensor | None, mask: Tensor) -> Tensor:
+        return mask
+
+    def supervised_loss(self, heads: Heads, fx: Tensor, y: Tensor, logs: dict) -> Tensor:
+        loss = F.cross_entropy(heads.main(fx).float(), y)
+        logs["loss_x"] = loss.item()
+        return loss
+
+    def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
+                       logs: dict) -> Tensor:
+        per_sample = F.cross_entropy(heads.main(u.strong[0]).float(), pl, reduction="none")
+        loss = self.cfg.unlabeled_weight * (per_sample * weight).mean()
+        logs["loss_u"] = loss.item()
+        return loss
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the trainer before the first step of every epoch (also after a resume)."""
+
+    # -- the step ---------------------------------------------------------------------------------------
+    def step(self, heads: Heads, fx: Tensor, y: Tensor, u: UnlabeledViews | None = None,
+             u_index: Tensor | None = None) -> StepOutput:
+        logs: dict[str, float] = {}
+        if not self.uses_unlabeled or u is None:
+            loss = self.supervised_loss(heads, fx, y, logs)
+            return StepOutput(loss, logs)
+        with torch.no_grad():
+            probs_w = probs(heads.main(u.weak))
+            probs_aux = self.aux_probs(heads, u)
+        self.observe(u_index, probs_w)
+        pl, mask = self.pseudo_label(probs_w), self.mask(probs_w)
+        weight = self.weight(probs_w, probs_aux, mask)
+        loss = self.supervised_loss(heads, fx, y, logs) + self.unlabeled_loss(heads, u, pl, mask, weight, logs)
+        logs["mask_ratio"] = mask.mean().item()
+        logs["weight_mean"] = weight.mean().item()
+        return StepOutput(loss, logs, probs_w, probs_aux, pl, mask, weight)
+
+    # -- state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state but the checkpoint holds {sorted(state)}")

@@ -1,0 +1,91 @@
+"""Balanced Margin Softmax (FineSSL, Sec. 4.1): per-class margins from the class learning pace.
+
+Pure tensor functions plus :class:`LearningPace`, the O(batch)-per-step bookkeeping of sigma(k).
+
+    sigma(k)  = #unlabeled samples whose latest weak-view prediction is k with confidence >= zeta
+    beta(k)   = sigma(k) / max_k sigma(k)              (all zeros while nothing is selected)
+    alpha_t   = (max beta - min beta) * alpha_base     (dynamic scale)
+    m(y)      = alpha_t * (1 - beta(y)) / (1 + beta(y))   code form (default; produced the published numbers)
+              = alpha_t * (1 - beta(y))                   paper form
+    logits'   = logits + m(y) on every non-target entry of a row with target y
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import check_choice
+
+FORMS = ("code", "paper")
+
+
+def margin_shape(beta: Tensor, form: str = "code") -> Tensor:
+    """The per-class shape of the margin before scaling: (1-b)/(1+b) (code) or 1-b (paper)."""
+    check_choice("margin form", form, FORMS)
+    return (1 - beta) / (1 + beta) if form == "code" else 1 - beta
+
+
+def dynamic_alpha(beta: Tensor, alpha_base: float) -> Tensor:
+    """alpha_t = (max beta - min beta) * alpha_base: margins grow with the disparity of class paces."""
+    return (beta.max() - beta.min()) * alpha_base
+
+
+def balanced_margins(beta: Tensor, alpha_base: float, form: str = "code") -> Tensor:
+    """Per-class margin m(y) [C] from the normalised learning pace ``beta`` [C]."""
+    return dynamic_alpha(beta, alpha_base) * margin_shape(beta, form)
+
+
+def apply_margins(logits: Tensor, targets: Tensor, margins: Tensor) -> Tensor:
+    """Add ``margins[targets[i]]`` to every non-target logit of row i ([B, C] -> [B, C])."""
+    m = margins.to(logits.dtype)[targets].unsqueeze(1).expand_as(logits)
+    not_target = torch.ones_like(logits, dtype=torch.bool).scatter_(1, targets.unsqueeze(1), False)
+    return logits + m * not_target
+
+
+def normalised_pace(counts: Tensor) -> Tensor:
+    """beta = sigma / max sigma, or zeros if nothing has been selected yet."""
+    top = counts.max()
+    return counts.float() / top if top > 0 else torch.zeros_like(counts, dtype=torch.float)
+
+
+class LearningPace:
+    """One slot per unlabeled sample holding its latest confident pseudo-label (-1 if none), as in the official
+    code, with the per-class counts kept incrementally so that an update costs O(batch), not O(dataset)."""
+
+    def __init__(self, num_unlabeled: int, num_classes: int, zeta: float, device=None):
+        self.zeta = zeta
+        self.slots = torch.full((num_unlabeled,), -1, dtype=torch.long, device=device)
+        self.counts = torch.zeros(num_classes, dtype=torch.long, device=device)
+
+    def update(self, index: Tensor, probs: Tensor) -> None:
+        """Record the weak-view predictions ``probs`` [B, C] of unlabeled samples ``index`` [B]."""
+        conf, pred = probs.max(dim=1)
+        new = torch.where(conf >= self.zeta, pred, torch.full_like(pred, -1))
+        index = index.to(self.slots.device)
+        new = new.to(self.slots.device)
+        # a sample may appear twice in a batch: its last occurrence wins
+        order = torch.sort(index, stable=True).indices
+        idx_sorted = index[order]
+        last = torch.ones_like(idx_sorted, dtype=torch.bool)
+        last[:-1] = idx_sorted[1:] != idx_sorted[:-1]
+        index, new = idx_sorted[last], new[order][last]
+        old = self.slots[index]
+        c = self.counts.numel()
+        self.counts -= torch.bincount(old[old >= 0], minlength=c)
+        self.counts += torch.bincount(new[new >= 0], minlength=c)
+        self.slots[index] = new
+
+    def beta(self) -> Tensor:
+        return normalised_pace(self.counts)
+
+    def reset(self) -> None:
+        self.slots.fill_(-1)
+        self.counts.zero_()
+
+    def state_dict(self) -> dict:
+        return {"slots": self.slots.clone(), "counts": self.counts.clone(), "zeta": self.zeta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.slots.copy_(state["slots"])
+        self.counts.copy_(state["counts"])
+        self.zeta = state["zeta"]

@@ -1,0 +1,129 @@
+"""FineSSL (Gan & Wei, ICML 2024) = Balanced Margin Softmax + Decoupled Label Smoothing + reweighting.
+
+How it differs from the FixMatch template in base.py:
+  1. pace     every weak-view prediction updates the class learning pace sigma (bms.LearningPace)
+  2. margins  m(y) from the pace; added to non-target logits of the main head in the supervised loss and in
+              the consistency loss (bms.balanced_margins / bms.apply_margins)
+  3. weights  EVERY unlabeled sample is used, weighted by psi = max softmax(aux(weak)) instead of a 0/1 mask
+  4. aux head fed detached features, trained with CE on labeled data and smoothed pseudo-labels on strong
+              view 2, masked by the main head's threshold (dls.smoothed_targets)
+Total: L = Lx(main, BMS) + Lx(aux) + gamma * Lu(main, BMS, psi) + Lu(aux, smoothed, mask).
+Every ablation of the paper's Table 6 is an option below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..options import opt
+from .base import Algorithm, Heads, UnlabeledViews, probs, register
+from .bms import LearningPace, apply_margins, balanced_margins, margin_shape
+from .dls import smoothed_targets, soft_cross_entropy
+
+
+@dataclass
+class FineSSLOptions:
+    zeta: float = opt(0.7, lo=0.0, hi=1.0, help="confidence a prediction needs to count towards the class pace")
+    alpha_base: float = opt(8.0, lo=0.0, help="base margin scale alpha")
+    smoothing: float = opt(0.5, lo=0.0, hi=1.0, hi_open=True, help="label smoothing lambda of the aux head")
+    gamma: float = opt(3.0, lo=0.0, help="weight of the main consistency loss (1.0 for CIFAR-10 N1)")
+    weight_floor: float = opt(0.0, lo=0.0, hi=1.0, help="psi below this is set to 0 (official th_min)")
+    margin_form: str = opt("code", choices=("code", "paper"), help="BMS margin: code (1-b)/(1+b) or paper 1-b")
+    smoothing_form: str = opt("code", choices=("code", "paper"), help="DLS targets: code s/(C-1) or paper s/C")
+    pace_reset_each_epoch: bool = opt(True, help="clear the per-sample pace slots every epoch (official)")
+    # ablations (paper Table 6)
+    bms: bool = opt(True, help="ablation: False = no Balanced Margin Softmax")
+    dynamic_alpha: bool = opt(True, help="ablation: False = fixed alpha_base instead of alpha_t")
+    bms_supervised: bool = opt(True, help="ablation: False = margins on the consistency loss only")
+    dls: bool = opt(True, help="ablation: False = no aux head, no reweighting (thresholded mask instead)")
+    smoothing_on_main: bool = opt(False, help="ablation: smoothed targets and psi on the main head, no aux head")
+    detach_aux: bool = opt(True, help="ablation: False = aux head gradients reach the backbone/PEFT")
+
+
+@register
+class FineSSL(Algorithm):
+    name = "finessl"
+    num_strong = 2
+
+    def __init__(self, cfg, num_classes, num_unlabeled, device=None):
+        super().__init__(cfg, num_classes, num_unlabeled, device)
+        self.opts: FineSSLOptions = cfg.finessl
+        self.pace = LearningPace(num_unlabeled, num_classes, self.opts.zeta, device)
+        self.margins = torch.zeros(num_classes, device=device)
+
+    @property
+    def uses_aux(self) -> bool:
+        return self.opts.dls and not self.opts.smoothing_on_main
+
+    def _aux_in(self, f: Tensor) -> Tensor:
+        return f.detach() if self.opts.detach_aux else f
+
+    # 1. pace -> 2. margins
+    def observe(self, index: Tensor, probs_w: Tensor) -> None:
+        self.pace.update(index, probs_w)
+        beta = self.pace.beta().to(probs_w.device)
+        if not self.opts.bms or self.pace.counts.max() == 0:
+            self.margins = torch.zeros_like(beta)
+        elif self.opts.dynamic_alpha:
+            self.margins = balanced_margins(beta, self.opts.alpha_base, self.opts.margin_form)
+        else:
+            self.margins = self.opts.alpha_base * margin_shape(beta, self.opts.margin_form)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.opts.pace_reset_each_epoch:
+            self.pace.reset()
+
+    # 3. weights
+    def aux_probs(self, heads: Heads, u: UnlabeledViews) -> Tensor | None:
+        return probs(heads.aux(u.weak)) if self.uses_aux else None
+
+    def weight(self, probs_w: Tensor, probs_aux: Tensor | None, mask: Tensor) -> Tensor:
+        if self.opts.smoothing_on_main:
+            psi = probs_w.max(dim=1).values
+        elif self.uses_aux:
+            psi = probs_aux.max(dim=1).values
+        else:
+            return mask
+        return psi * (psi >= self.opts.weight_floor)
+
+    # losses
+    def supervised_loss(self, heads: Heads, fx: Tensor, y: Tensor, logs: dict) -> Tensor:
+        logits = heads.main(fx).float()
+        if self.opts.bms_supervised:
+            logits = apply_margins(logits, y, self.margins)
+        loss = F.cross_entropy(logits, y)
+        logs["loss_x"] = loss.item()
+        if self.uses_aux:
+            aux = F.cross_entropy(heads.aux(self._aux_in(fx)).float(), y)
+            logs["loss_x_aux"] = aux.item()
+            loss = loss + aux
+        return loss
+
+    def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
+                       logs: dict) -> Tensor:
+        logits = apply_margins(heads.main(u.strong[0]).float(), pl, self.margins)
+        if self.opts.smoothing_on_main:
+            per_sample = soft_cross_entropy(logits, self._smooth(pl))
+        else:
+            per_sample = F.cross_entropy(logits, pl, reduction="none")
+        loss = self.opts.gamma * (per_sample * weight).mean()
+        logs["loss_u"] = loss.item()
+        logs["alpha_t"] = float(self.margins.max())
+        if self.uses_aux:
+            aux = (soft_cross_entropy(heads.aux(self._aux_in(u.strong[1])), self._smooth(pl)) * mask).mean()
+            logs["loss_u_aux"] = aux.item()
+            loss = loss + aux
+        return loss
+
+    def _smooth(self, pl: Tensor) -> Tensor:
+        return smoothed_targets(pl, self.num_classes, self.opts.smoothing, self.opts.smoothing_form)
+
+    def state_dict(self) -> dict:
+        return {"pace": self.pace.state_dict(), "margins": self.margins.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pace.load_state_dict(state["pace"])
+        self.margins = state["margins"].to(self.margins.device)

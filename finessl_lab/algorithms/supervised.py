@@ -1,0 +1,10 @@
+"""Supervised-only: the labeled images alone, plain cross-entropy on the main head."""
+from __future__ import annotations
+
+from .base import Algorithm, register
+
+
+@register
+class Supervised(Algorithm):
+    name = "supervised"
+    uses_unlabeled = False

@@ -1,0 +1,298 @@
+"""One typed configuration tree shared by the CLI, the notebooks' parameter cells and the library.
+
+    Config
+      data       DataConfig       what images, which split, which augmentation
+      model      ModelConfig      backbone, pretrained weights, PEFT, heads
+      algorithm  AlgorithmConfig  SSL algorithm + its own options (declared next to each algorithm)
+      optim      OptimConfig      SGD, schedule, batch sizes
+      run        RunConfig        budget, seed, device/precision, caching, checkpoints
+
+Precedence, lowest to highest: dataclass defaults < preset < YAML file (--config) < dedicated CLI flags <
+``--set section.key=value``. Every layer is validated the same way: unknown keys and out-of-range values raise
+:class:`~finessl_lab.errors.UserError` naming the key and what is valid. Nothing is silently overridden.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .algorithms.finessl import FineSSLOptions
+from .errors import UserError, suggest
+from .options import describe_range, in_range, opt
+
+DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves")
+PEFTS = ("vpt_deep", "vpt_shallow", "bn", "bitfit", "ssf", "linear")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = opt("cifar100", choices=DATASETS, help="dataset name")
+    root: str = opt("", help="dataset directory ('' = <cache_dir>/datasets); torchvision downloads go here")
+    download: bool = opt(True, help="let torchvision download CIFAR / Food-101 into root when missing")
+    labels_per_class: int = opt(4, lo=1, help="N labeled images per class")
+    val_per_class: int = opt(0, lo=0, help="held-out validation images per class taken from the unlabeled pool")
+    include_labeled_in_unlabeled: bool = opt(True, help="labeled images also appear in the unlabeled set (official)")
+    subsample_per_class: int = opt(0, lo=0, help="keep at most this many training images per class (0 = all)")
+    image_size: int = opt(224, lo=8, hi=1024, help="crop size fed to the backbone")
+    resize: int = opt(256, lo=8, hi=2048, help="resize (shorter side) before cropping")
+    crop_padding: int = opt(28, lo=0, hi=512, help="padding of the weak RandomCrop")
+    hflip: bool = opt(True, help="random horizontal flip in the weak view (off for digits)")
+    randaugment_ops: int = opt(2, lo=0, hi=14, help="RandAugment ops of the strong view")
+    randaugment_magnitude: int = opt(10, lo=0, hi=30, help="RandAugment magnitude of the strong view")
+    cutout: float = opt(0.5, lo=0.0, hi=1.0, help="max Cutout side as a fraction of the image (0 = off)")
+    normalize: str = opt("backbone", choices=("backbone", "clip", "cifar", "imagenet", "inception"),
+                         help="input normalisation; 'backbone' = the backbone's own, 'cifar' = official FineSSL")
+    num_workers: int = opt(2, lo=0, hi=64, help="DataLoader worker processes (image mode)")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt("ViT-B-16", help="open_clip model name (e.g. ViT-B-16, RN50) or 'efficientnet_lite0'")
+    pretrained: str = opt("openai", help="open_clip hub tag, a local weights file, 'embedded', or 'none' (random init: a test fixture only)")
+    peft: str = opt("vpt_deep", choices=PEFTS, help="parameter-efficient fine-tuning method")
+    vpt_tokens: int = opt(50, lo=1, hi=1000, help="VPT prompt tokens (per layer for vpt_deep)")
+    head_init: str = opt("auto", choices=("auto", "text", "class_mean", "random"),
+                         help="cosine-head init; auto = text prototypes if the backbone has a text tower else class means")
+    prompt_template: str = opt("a photo of a {}.", help="text prompt for text-initialised heads")
+    logit_scale: float = opt(1 / 0.07, lo=0.0, lo_open=True, help="initial cosine-head scale")
+    learn_scale: bool = opt(True, help="learn the cosine-head scale")
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = opt("finessl", help="registered algorithm: supervised, fixmatch, finessl, ...")
+    threshold: float = opt(0.7, lo=0.0, hi=1.0, help="confidence threshold for pseudo-label masks (paper: 0.7 for all)")
+    unlabeled_weight: float = opt(1.0, lo=0.0, help="weight of the unlabeled loss of the baselines")
+    finessl: FineSSLOptions = field(default_factory=FineSSLOptions)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(0.03, lo=0.0, lo_open=True, help="SGD learning rate")
+    momentum: float = opt(0.9, lo=0.0, hi=1.0, hi_open=True)
+    weight_decay: float = opt(5e-4, lo=0.0)
+    nesterov: bool = opt(False)
+    batch_size: int = opt(32, lo=1, hi=65536, help="labeled batch size")
+    mu: int = opt(1, lo=1, hi=64, help="unlabeled batch = mu * batch_size")
+    schedule: str = opt("cosine", choices=("cosine", "constant"))
+    schedule_unit: str = opt("step", choices=("step", "epoch"), help="cosine stepped per step (paper) or per epoch (official code)")
+    warmup_steps: int = opt(0, lo=0)
+
+
+@dataclass
+class RunConfig:
+    epochs: int = opt(30, lo=1, hi=100000)
+    steps_per_epoch: int = opt(500, lo=1, hi=10_000_000)
+    max_steps: int = opt(0, lo=0, help="total step budget (0 = epochs * steps_per_epoch); the schedule spans it")
+    seed: int = opt(1, lo=0, hi=2**31 - 1)
+    device: str = opt("auto", help="auto, cpu, cuda, cuda:N or mps")
+    precision: str = opt("auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto = bf16/fp16 autocast on CUDA, fp32 elsewhere")
+    cache_dir: str = opt("", help="splits / features / datasets cache ('' = $FINESSL_LAB_CACHE or ~/.cache/finessl_lab)")
+    feature_cache: bool = opt(False, help="train head-level algorithms from cached frozen-backbone features")
+    feature_views: int = opt(2, lo=1, hi=32, help="K weak and K strong cached views per image")
+    view_seed: int = opt(0, lo=0, hi=2**31 - 1, help="seed of the cached augmented views (shared by all run seeds)")
+    eval_batch_size: int = opt(256, lo=1)
+    checkpoint_every: int = opt(0, lo=0, help="steps between checkpoints (0 = every epoch)")
+    nan_policy: str = opt("stop", choices=("stop", "skip"), help="on a NaN/Inf loss: stop with an error, or skip the step and count it")
+    progress: bool = opt(True, help="show progress bars")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Config":
+        cfg = cls()
+        apply_dict(cfg, d or {})
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        cfg = cls()
+        apply_dict(cfg, load_yaml(path))
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def set(self, dotted: str, value: Any) -> "Config":
+        """Set ``section.key`` (or ``algorithm.finessl.key``) from a Python value or a CLI string."""
+        set_dotted(self, dotted, value)
+        return self
+
+    def validate(self) -> "Config":
+        validate(self)
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.run.max_steps or self.run.epochs * self.run.steps_per_epoch
+
+
+# -- generic machinery over the dataclass tree ------------------------------------------------------------
+
+def _type_of(obj, f) -> Any:
+    return typing.get_type_hints(type(obj))[f.name]
+
+
+def _convert(key: str, value: Any, typ: Any) -> Any:
+    """Convert a YAML/CLI value to the field type; a wrong type is a UserError naming key, value and type."""
+    name = getattr(typ, "__name__", str(typ))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.strip().lower() in ("true", "yes", "1", "on")
+        raise UserError(f"{key}={value!r} is not a boolean; valid: true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r} is not an integer; valid: a whole number")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise UserError(f"{key}={value!r} is not an integer; valid: a whole number")
+    if typ is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r} is not a number; valid: a real number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise UserError(f"{key}={value!r} is not a number; valid: a real number")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}={value!r} is not a string")
+    raise UserError(f"{key}: cannot set a value of type {name} this way")  # pragma: no cover
+
+
+def _field_map(obj) -> dict:
+    return {f.name: f for f in fields(obj)}
+
+
+def _unknown(key: str, name: str, obj) -> UserError:
+    valid = sorted(_field_map(obj))
+    return UserError(f"unknown config key {key!r}{suggest(name, valid)}; valid keys here: {', '.join(valid)}")
+
+
+def apply_dict(obj, d: dict, prefix: str = "") -> None:
+    """Apply a nested dict onto a dataclass tree; unknown keys and wrong types are errors."""
+    if not isinstance(d, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {type(d).__name__}")
+    fmap = _field_map(obj)
+    for name, value in d.items():
+        key = f"{prefix}{name}"
+        if name not in fmap:
+            raise _unknown(key, str(name), obj)
+        current = getattr(obj, name)
+        if is_dataclass(current):
+            apply_dict(current, value, key + ".")
+        else:
+            setattr(obj, name, _convert(key, value, _type_of(obj, fmap[name])))
+
+
+def set_dotted(cfg, dotted: str, value: Any) -> None:
+    parts = dotted.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"config key {dotted!r} must look like section.key (sections: {', '.join(_field_map(cfg))})")
+    obj, prefix = cfg, ""
+    for part in parts[:-1]:
+        fmap = _field_map(obj)
+        if part not in fmap or not is_dataclass(getattr(obj, part)):
+            raise _unknown(prefix + part, part, obj)
+        obj, prefix = getattr(obj, part), prefix + part + "."
+    name = parts[-1]
+    fmap = _field_map(obj)
+    if name not in fmap or is_dataclass(getattr(obj, name)):
+        raise _unknown(dotted, name, obj)
+    setattr(obj, name, _convert(dotted, value, _type_of(obj, fmap[name])))
+
+
+def parse_set(item: str) -> tuple[str, str]:
+    """Split a ``--set key=value`` item."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r} must be key=value, e.g. --set algorithm.threshold=0.8")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def iter_leaves(obj, prefix: str = ""):
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            yield from iter_leaves(value, prefix + f.name + ".")
+        else:
+            yield prefix + f.name, value, f
+
+
+def validate(cfg: Config) -> None:
+    """Check every value against its field's range / choices and the few cross-field rules."""
+    for key, value, f in iter_leaves(cfg):
+        meta = f.metadata
+        if not meta:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            raise UserError(f"{key}={value!r} is not valid{suggest(value, meta['choices'])}; valid: {', '.join(meta['choices'])}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or not in_range(value, meta):
+                raise UserError(f"{key}={value!r} is out of range; valid: {describe_range(meta)}")
+    from .algorithms import REGISTRY
+
+    if cfg.algorithm.name not in REGISTRY:
+        names = sorted(REGISTRY)
+        raise UserError(f"unknown algorithm {cfg.algorithm.name!r}{suggest(cfg.algorithm.name, names)}; valid: {', '.join(names)}")
+    if cfg.run.feature_cache and cfg.model.peft != "linear":
+        raise UserError(f"run.feature_cache=true needs a frozen backbone (model.peft='linear'), got model.peft={cfg.model.peft!r}")
+    if cfg.data.image_size > cfg.data.resize:
+        raise UserError(f"data.image_size={cfg.data.image_size} is larger than data.resize={cfg.data.resize}; valid: image_size <= resize")
+    dev = cfg.run.device
+    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise UserError(f"run.device={dev!r} is not valid; valid: auto, cpu, cuda, cuda:N, mps")
+    if "{}" not in cfg.model.prompt_template:
+        raise UserError(f"model.prompt_template={cfg.model.prompt_template!r} must contain '{{}}' for the class name")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist; pass a YAML file such as a run's config.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of sections (data, model, algorithm, optim, run)")
+    return data
+
+
+def diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs (for resume compatibility)."""
+    av = {k: v for k, v, _ in iter_leaves(a)}
+    return [k for k, v, _ in iter_leaves(b) if av.get(k) != v and not k.startswith(ignore)]

