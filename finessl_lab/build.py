@@ -1,0 +1,141 @@
+"""Config -> the pieces of an experiment: data, split, backbone/PEFT/heads, batch source, evaluation sets.
+
+Two modes share everything downstream: *image* mode augments images on the fly and runs the backbone (+PEFT)
+every step; *feature-cache* mode (run.feature_cache) trains heads on cached frozen-backbone features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import Config
+from .data.batches import Batch, FeatureBatches, ImageBatches, SplitView
+from .data.datasets import DatasetBundle, load_dataset, resolve_normalization
+from .data.features import extract, load_or_compute
+from .data.splits import Split, cached_split
+from .data.transforms import build_transforms
+from .device import resolve_device, resolve_precision
+from .io import cache_dir
+from .models import SSLModel, build_model
+from .models.backbones import build_backbone
+from .models.peft import apply_peft
+
+
+@dataclass
+class EvalSet:
+    """Inputs ready for the model (a feature tensor or an image DataLoader) and their targets."""
+    inputs: object
+    targets: Tensor
+
+
+@dataclass
+class Experiment:
+    cfg: Config
+    device: torch.device
+    precision: str
+    bundle: DatasetBundle
+    split: Split
+    split_view: SplitView
+    model: SSLModel
+    batches: Callable[[int, int], Iterable[Batch]]   # (first_step, total_steps) -> batches in step order
+    eval_sets: dict[str, EvalSet] = field(default_factory=dict)
+    feature_path: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.bundle.num_classes
+
+
+def transform_description(cfg: Config, mean, std) -> dict:
+    d = cfg.data
+    return {"image_size": d.image_size, "resize": d.resize, "crop_padding": d.crop_padding, "hflip": d.hflip,
+            "ra_ops": d.randaugment_ops, "ra_mag": d.randaugment_magnitude, "cutout": d.cutout,
+            "mean": list(mean), "std": list(std)}
+
+
+def unlabeled_batch_size(cfg: Config, uses_unlabeled: bool) -> int:
+    return cfg.optim.mu * cfg.optim.batch_size if uses_unlabeled else 0
+
+
+def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = True) -> Experiment:
+    cfg.validate()
+    device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.run.precision, device)
+    root = cache_dir(cfg.run.cache_dir)
+    bundle = load_dataset(cfg.data, root)
+    split = cached_split(root, bundle.key, bundle.train.targets, bundle.num_classes, cfg.data.labels_per_class,
+                         val_per_class=cfg.data.val_per_class,
+                         include_labeled_in_unlabeled=cfg.data.include_labeled_in_unlabeled, seed=cfg.run.seed)
+    targets = np.asarray(bundle.train.targets)
+    ood = getattr(split, "ood", None)
+    view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
+                     ood=np.zeros(len(targets), dtype=bool) if ood is None else ood,
+                     batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
+                     seed=cfg.run.seed)
+    backbone = build_backbone(cfg.model)
+    mean, std = (backbone.mean, backbone.std) if cfg.data.normalize == "backbone" else \
+        resolve_normalization(cfg.data.normalize, cfg.data.dataset)
+    transforms = build_transforms(cfg.data, mean, std)
+    y_lab = torch.as_tensor(targets[split.labeled], dtype=torch.long)
+    workers = cfg.data.num_workers
+    common = dict(device=device, batch_size=cfg.run.eval_batch_size, num_workers=workers, progress=progress)
+
+    if cfg.run.feature_cache:
+        backbone.to(device)
+        feats, path = load_or_compute(root, backbone, bundle, transforms, transform_description(cfg, mean, std),
+                                      cfg.run.feature_views, cfg.run.view_seed, **common)
+        clean = feats["train_clean"].float()
+        text = (backbone.text_prototypes(bundle.classes, cfg.model.prompt_template).float().cpu()
+                if backbone.has_text and cfg.model.head_init in ("auto", "text") else None)
+        model = build_model(cfg.model, bundle.num_classes, bundle.classes, feature_dim=clean.shape[1],
+                            text_prototypes=text,
+                            labeled_features=clean[split.labeled], labeled_targets=y_lab,
+                            generator=torch.Generator().manual_seed(cfg.run.seed)).to(device)
+        del backbone
+        source = FeatureBatches(feats["weak"], feats["strong"], view, device)
+        batches = lambda first, total: (source[s] for s in range(first, total))  # noqa: E731
+        evals = {"test": EvalSet(feats["test"].float().to(device), torch.as_tensor(bundle.test.targets))}
+        if len(split.val):
+            evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
+        return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, path)
+
+    apply_peft(backbone, cfg.model, generator=torch.Generator().manual_seed(cfg.run.seed))
+    backbone.to(device)
+    labeled_feats = None
+    if cfg.model.head_init == "class_mean" or (cfg.model.head_init == "auto" and not backbone.has_text):
+        labeled_feats = extract(backbone, bundle.train.subset(split.labeled).images, transforms.test, stream=None,
+                                seed=0, desc="features: labeled (head init)", **common).float()
+    model = build_model(cfg.model, bundle.num_classes, bundle.classes, backbone=backbone,
+                        labeled_features=labeled_feats, labeled_targets=y_lab,
+                        generator=torch.Generator().manual_seed(cfg.run.seed)).to(device)
+
+    def batches(first: int, total: int):
+        ds = ImageBatches(bundle.train.images, view, transforms, first, total)
+        return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                           pin_memory=device.type == "cuda", persistent_workers=False)
+
+    def image_eval(ds) -> EvalSet:
+        loader = torch.utils.data.DataLoader(_Clean(ds.images, transforms.test), batch_size=cfg.run.eval_batch_size,
+                                             num_workers=workers, pin_memory=device.type == "cuda")
+        return EvalSet(loader, torch.as_tensor(ds.targets))
+
+    evals = {"test": image_eval(bundle.test)}
+    if len(split.val):
+        evals["val"] = image_eval(bundle.train.subset(split.val))
+    return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None)
+
+
+class _Clean(torch.utils.data.Dataset):
+    def __init__(self, images, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.transform(self.images[i])

@@ -1,0 +1,323 @@
+"""The training loop: steps/epochs, SGD + cosine, autocast, per-epoch evaluation, checkpoint/resume, hooks.
+
+The trainer knows nothing about any algorithm: it computes backbone features for all views in one forward,
+hands them to ``algorithm.step``, optimises, and passes a :class:`StepRecord` to every hook. It reports the
+LAST-epoch test accuracy; the best epoch is chosen only on a validation split, never on test.
+"""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from . import io
+from .algorithms import Heads, UnlabeledViews, build_algorithm
+from .build import EvalSet, Experiment, build_experiment
+from .config import Config, diff
+from .device import autocast, grad_scaler
+from .errors import UserError
+from .hooks import Hook, PseudoLabelMonitor, StepRecord
+from .progress import progress_bar
+
+# config keys that may differ between a run and its resumption (they change no result)
+RESUME_IGNORED = ("run.progress", "run.device", "run.cache_dir", "run.eval_batch_size", "data.root",
+                  "data.download", "data.num_workers", "run.checkpoint_every", "run.nan_policy")
+CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.pt", "metrics.csv", "summary.json", "config.yaml"
+
+
+class Interrupted(Exception):
+    """Raised after SIGINT/SIGTERM once a checkpoint has been written."""
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (linear warm-up, then cosine to 0 or constant)."""
+    o, total, spe = cfg.optim, cfg.total_steps, cfg.run.steps_per_epoch
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule_unit == "epoch":  # official code: cosine over epochs, stepped once per epoch
+        t, span = step // spe, max(1, math.ceil(total / spe))
+    else:
+        t, span = step - o.warmup_steps, max(1, total - o.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(t, span) / span))
+
+
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """No weight decay on 0-/1-d parameters (biases, norm affines, the cosine-head scale)."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int) -> Tensor:
+    """Main-head logits (fp32, CPU) for an evaluation set."""
+    inputs = eval_set.inputs
+    chunks = inputs.split(batch_size) if isinstance(inputs, Tensor) else inputs
+    out = []
+    for x in chunks:
+        with autocast(device, precision):
+            out.append(model.main(model.features(x.to(device, non_blocking=True))).float().cpu())
+    return torch.cat(out)
+
+
+def top1(logits: Tensor, targets: Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == targets).float().mean().item()
+
+
+@contextmanager
+def _intra_op_threads(n: int | None):
+    """Head-level training on CPU works on tiny tensors, where intra-op threading only adds synchronisation
+    (measured here: ~100x slower steps with 2 threads on a busy 2-core machine); use one thread for it."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
+def _catch_signals(flag: dict):
+    def handler(signum, frame):
+        flag["signal"] = signum
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | Path | None = None, hooks: list[Hook] | tuple = (),
+                 resume: bool = False, experiment: Experiment | None = None, progress: bool | None = None):
+        self.cfg = cfg.validate()
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.progress = cfg.run.progress if progress is None else progress
+        resumed = None
+        if resume:
+            if self.out is None:
+                raise UserError("resume needs the run directory that holds checkpoint.pt")
+            resumed = io.load_checkpoint(self.out / CHECKPOINT)
+            changed = diff(Config.from_dict(resumed["config"]), cfg, ignore=RESUME_IGNORED)
+            if changed:
+                old = Config.from_dict(resumed["config"])
+                details = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(cfg, k)!r}" for k in changed[:5])
+                raise UserError(f"cannot resume {str(self.out)!r} with a different config ({details}); "
+                                f"valid: the run's own config.yaml, changing only {', '.join(RESUME_IGNORED)}")
+        probe = build_algorithm(cfg.algorithm, 2, 1)
+        self.exp = experiment or build_experiment(cfg, uses_unlabeled=probe.uses_unlabeled, progress=self.progress)
+        e = self.exp
+        self.algorithm = build_algorithm(cfg.algorithm, e.num_classes, len(e.split.unlabeled), e.device)
+        self.hooks = [PseudoLabelMonitor(e.num_classes), *hooks]
+        names = [h.name for h in self.hooks]
+        if len(set(names)) != len(names):
+            raise UserError(f"hook names must be unique, got {names}")
+        params = e.model.trainable_parameters()
+        self.optimizer = torch.optim.SGD(param_groups(params, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                         momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.scaler = grad_scaler(e.device, e.precision)
+        self.step = 0
+        self.rows: list[dict] = []
+        self.accum: dict[str, float] = {}
+        self.skipped = 0
+        self.best: dict = {}
+        self.elapsed = 0.0
+        seed_everything(cfg.run.seed)
+        if resumed is not None:
+            self._restore(resumed)
+
+    # -- checkpoint ---------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"format": 1, "config": self.cfg.to_dict(), "step": self.step,
+                "model": self.exp.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "algorithm": self.algorithm.state_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks},
+                "rng": rng, "rows": self.rows, "accum": self.accum, "skipped": self.skipped, "best": self.best,
+                "elapsed": self.elapsed}
+
+    def _restore(self, s: dict) -> None:
+        self.exp.model.load_trainable_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.scaler.load_state_dict(s["scaler"])
+        self.algorithm.load_state_dict(s["algorithm"])
+        missing = [h.name for h in self.hooks if h.name not in s["hooks"]]
+        if missing:
+            raise UserError(f"checkpoint has no state for hook(s) {missing}; valid hooks in it: {sorted(s['hooks'])}")
+        for h in self.hooks:
+            h.load_state_dict(s["hooks"][h.name])
+        random.setstate(s["rng"]["python"])
+        np.random.set_state(s["rng"]["numpy"])
+        torch.set_rng_state(s["rng"]["torch"])
+        if "cuda" in s["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+        self.step, self.rows, self.accum = s["step"], s["rows"], s["accum"]
+        self.skipped, self.best, self.elapsed = s["skipped"], s["best"], s["elapsed"]
+
+    def save_checkpoint(self) -> Path | None:
+        if self.out is None:
+            return None
+        return io.save_checkpoint(self.out / CHECKPOINT, self._state())
+
+    # -- one step -----------------------------------------------------------------------------------------
+    def _train_step(self, batch) -> StepRecord | None:
+        e, cfg = self.exp, self.cfg
+        model = e.model
+        batch = batch.to(e.device, non_blocking=True)
+        views = [batch.x] + ([batch.u_weak, batch.u_strong1, batch.u_strong2] if batch.u_weak is not None else [])
+        sizes = [len(v) for v in views]
+        with autocast(e.device, e.precision):
+            feats = model.features(torch.cat(views)).split(sizes)
+            u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None
+            out = self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
+        if not torch.isfinite(out.loss):
+            if cfg.run.nan_policy == "skip":
+                self.skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                return None
+            last = self.out / CHECKPOINT if self.out is not None and (self.out / CHECKPOINT).exists() else None
+            raise NonFiniteLoss(f"loss is {out.loss.item()} at step {self.step}; last good checkpoint: "
+                                f"{str(last) if last else 'none'}; lower optim.lr or rerun with "
+                                f"--set run.nan_policy=skip to skip such steps")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        for k, v in {"loss": out.loss.item(), **out.logs}.items():
+            self.accum[k] = self.accum.get(k, 0.0) + v
+        self.accum["_n"] = self.accum.get("_n", 0.0) + 1
+        return StepRecord(self.step, self.step // cfg.run.steps_per_epoch, out.logs, batch.u_index,
+                          out.probs_main, out.probs_aux, out.pseudo_label, out.mask, out.weight,
+                          batch.u_true, batch.u_ood)
+
+    # -- evaluation & bookkeeping ---------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        e = self.exp
+        return {f"{name}_top1": top1(predict(e.model, s, e.device, e.precision, self.cfg.run.eval_batch_size),
+                                     s.targets) for name, s in e.eval_sets.items()}
+
+    def _end_epoch(self, epoch: int) -> dict:
+        n = self.accum.pop("_n", 0.0)
+        row = {"epoch": epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({k: v / n for k, v in self.accum.items()} if n else {})
+        self.accum = {}
+        row.update(self.evaluate())
+        row["skipped_steps"] = self.skipped
+        for h in self.hooks:
+            row.update(h.on_epoch_end(epoch, row) or {})
+        if "val_top1" in row and row["val_top1"] > self.best.get("val_top1", -1.0):
+            self.best = {"val_top1": row["val_top1"], "test_top1_at_best_val": row["test_top1"], "epoch": epoch}
+        self.rows.append(row)
+        return row
+
+    def summary(self) -> dict:
+        last = self.rows[-1] if self.rows else {}
+        s = {"test_top1": last.get("test_top1"), "algorithm": self.cfg.algorithm.name, "steps": self.step,
+             "epochs_completed": len(self.rows), "seed": self.cfg.run.seed, "dataset": self.cfg.data.dataset,
+             "labels_per_class": self.cfg.data.labels_per_class, "backbone": self.cfg.model.backbone,
+             "pretrained": self.cfg.model.pretrained, "peft": self.cfg.model.peft,
+             "trainable_params": self.exp.model.num_trainable(), "skipped_steps": self.skipped,
+             "feature_cache": self.cfg.run.feature_cache, "wall_time_s": round(self.elapsed, 2),
+             "device": str(self.exp.device), "precision": self.exp.precision}
+        if "val_top1" in last:
+            s.update(val_top1=last["val_top1"], best_val=self.best)
+        return s
+
+    def _write_outputs(self, final: bool) -> None:
+        if self.out is None:
+            return
+        io.write_csv(self.out / METRICS, self.metrics())
+        if final:
+            io.write_json(self.out / SUMMARY, self.summary())
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, total, spe = self.cfg, self.cfg.total_steps, self.cfg.run.steps_per_epoch
+        every = cfg.run.checkpoint_every or spe
+        if self.out is not None:
+            io.write_text(self.out / CONFIG, cfg.to_yaml())
+        for h in self.hooks:
+            h.on_train_start(self)
+        flag: dict = {}
+        t0 = time.perf_counter() - self.elapsed
+        bar = progress_bar(total=total, initial=self.step, desc=f"{cfg.algorithm.name} seed {cfg.run.seed}",
+                           unit="step", disable=not self.progress, leave=True)
+        single = 1 if self.cfg.run.feature_cache and self.exp.device.type == "cpu" else None
+        with _catch_signals(flag), _intra_op_threads(single):
+            for batch in self.exp.batches(self.step, total):
+                if self.step % spe == 0:
+                    self.algorithm.on_epoch_start(self.step // spe)
+                self.exp.model.train()
+                record = self._train_step(batch)
+                if record is not None:
+                    for h in self.hooks:
+                        h.on_step(record)
+                self.step += 1
+                bar.update(1)
+                epoch_end = self.step % spe == 0 or self.step == total
+                if epoch_end:
+                    row = self._end_epoch((self.step - 1) // spe)
+                    bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", test=f"{row['test_top1']:.2f}")
+                self.elapsed = time.perf_counter() - t0
+                if epoch_end or self.step % every == 0 or flag:
+                    self.save_checkpoint()
+                    if epoch_end:
+                        self._write_outputs(final=self.step == total)
+                if flag:
+                    bar.close()
+                    raise Interrupted(f"interrupted by signal {flag['signal']} at step {self.step}; "
+                                      f"checkpoint saved, continue with --resume {self.out}")
+        bar.close()
+        self.elapsed = time.perf_counter() - t0
+        self._write_outputs(final=True)
+        for h in self.hooks:
+            h.on_train_end(self)
+        return self.summary()
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def train(cfg: Config, out_dir: str | Path | None = None, hooks: list[Hook] | tuple = (), resume: bool = False,
+          progress: bool | None = None) -> tuple[dict, pd.DataFrame]:
+    """Train one run; return (summary, metrics DataFrame). The Python twin of ``finessl-lab train``."""
+    trainer = Trainer(cfg, out_dir, hooks=hooks, resume=resume, progress=progress)
+    summary = trainer.fit()
+    return summary, trainer.metrics()
