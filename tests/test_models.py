@@ -16,9 +16,7 @@ from finessl_lab.models import apply_peft, build_backbone, build_model, list_bac
 from finessl_lab.models.heads import CosineHead, class_mean_prototypes
 from finessl_lab.models.peft import ScaleShift, vpt_init_bound
 
-TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}
-TINY_VIT = "finessl-test-tiny-vit"
-TINY_RN = "finessl-test-tiny-rn"
+from conftest import TINY_RN, TINY_VIT
 
 
 def model_cfg(backbone: str = TINY_VIT, pretrained: str = "none", peft: str = "linear", **kw) -> types.SimpleNamespace:
@@ -29,15 +27,9 @@ def model_cfg(backbone: str = TINY_VIT, pretrained: str = "none", peft: str = "l
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Register tiny ViT / ResNet CLIP configs; save a seeded tiny ViT's state dict to a file."""
+def tiny(tmp_path_factory, tiny_clip_configs):
+    """Save a seeded tiny ViT's state dict to a file (configs registered in conftest)."""
     root = tmp_path_factory.mktemp("open_clip_cfg")
-    vit = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8}, "text_cfg": TEXT_CFG}
-    rn = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
-          "text_cfg": TEXT_CFG}
-    for name, cfg in ((TINY_VIT, vit), (TINY_RN, rn)):
-        (root / f"{name}.json").write_text(json.dumps(cfg))
-        open_clip.add_model_config(root / f"{name}.json")
     torch.manual_seed(0)
     clip = open_clip.create_model(TINY_VIT, pretrained=None).eval()
     with torch.no_grad():  # make biases / LN affine non-trivial so a mis-load would show
