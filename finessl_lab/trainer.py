@@ -7,10 +7,12 @@ LAST-epoch test accuracy; the best epoch is chosen only on a validation split, n
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from .algorithms import Heads, UnlabeledViews, build_algorithm
 from .build import EvalSet, Experiment, build_experiment
 from .config import Config, diff
 from .device import autocast, grad_scaler
-from .errors import UserError
+from .errors import Stopped, UserError, check_type
 from .hooks import Hook, PseudoLabelMonitor, StepRecord
 from .progress import progress_bar
 
@@ -31,14 +33,36 @@ from .progress import progress_bar
 RESUME_IGNORED = ("run.progress", "run.device", "run.cache_dir", "run.eval_batch_size", "data.root",
                   "data.download", "data.num_workers", "run.checkpoint_every", "run.nan_policy")
 CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.pt", "metrics.csv", "summary.json", "config.yaml"
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, SUMMARY)
+CHECKPOINT_FORMAT = 1
 
 
-class Interrupted(Exception):
-    """Raised after SIGINT/SIGTERM once a checkpoint has been written."""
+class Interrupted(Stopped):
+    """Raised after SIGINT/SIGTERM once a checkpoint has been written (a second signal stops at once).
+
+    A KeyboardInterrupt (via :class:`~finessl_lab.errors.Stopped`), so ``except Exception`` in a sweep loop does not
+    swallow it; ``exit_code`` is 130 for SIGINT and 143 for SIGTERM."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT, step: int | None = None,
+                 checkpoint: Path | None = None, total: int | None = None, out: Path | None = None):
+        super().__init__(message, signum)
+        self.step, self.checkpoint, self.total, self.out = step, checkpoint, total, out
 
 
 class NonFiniteLoss(UserError):
-    pass
+    """A NaN/Inf loss with run.nan_policy=stop: names the step and the last good checkpoint."""
+
+
+def held_run_files(out: Path) -> list[str]:
+    """The run files (config.yaml, checkpoint.pt, metrics.csv, summary.json) present in ``out``."""
+    return [f for f in RUN_FILES if (Path(out) / f).exists()]
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # pragma: no cover
+        return f"signal {signum}"
 
 
 def seed_everything(seed: int) -> None:
@@ -100,34 +124,70 @@ def _intra_op_threads(n: int | None):
 
 
 @contextmanager
-def _catch_signals(flag: dict):
+def _catch_signals(flag: dict, describe=lambda: ""):
+    """While training, SIGINT/SIGTERM only set ``flag``: the loop finishes the current step, saves a checkpoint and
+    raises :class:`Interrupted`. A second signal raises at once (the last checkpoint on disk stays valid: writes
+    are atomic). Handlers are installed only in the main thread, and a signal the parent process set to be ignored
+    (e.g. SIGINT for a background job of a non-interactive shell) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def handler(signum, frame):
+        if flag.get("signal") is not None:
+            raise Interrupted(f"{_signal_name(signum)} received again while stopping; stopped at once, without a new "
+                              f"checkpoint{describe()}", signum)
         flag["signal"] = signum
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            old[s] = signal.signal(s, handler)
     try:
         yield
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _check_arguments(cfg, out_dir, hooks, resume, experiment, progress, overwrite) -> None:
+    """Wrong argument types of the Python API fail here with one line, not deep inside training."""
+    from .config import validate
+
+    validate(cfg)
+    check_type("out_dir", out_dir, (str, os.PathLike, type(None)), "a directory path (str or pathlib.Path) or None")
+    if isinstance(out_dir, str) and not out_dir.strip():
+        raise UserError("out_dir='' is empty; valid: a directory path or None (train without writing files)")
+    check_type("hooks", hooks, (list, tuple), "a list of finessl_lab.hooks.Hook instances")
+    for i, h in enumerate(hooks):
+        check_type(f"hooks[{i}]", h, Hook, "a finessl_lab.hooks.Hook instance (subclass Hook, give it a unique name)")
+    check_type("resume", resume, bool, "True or False")
+    check_type("overwrite", overwrite, bool, "True or False")
+    check_type("progress", progress, (bool, type(None)), "True, False or None (= run.progress)")
+    check_type("experiment", experiment, (Experiment, type(None)), "an Experiment from build_experiment(cfg) or None")
+    if resume and overwrite:
+        raise UserError("resume=True and overwrite=True contradict each other; valid: resume to continue the run, "
+                        "overwrite to replace it")
 
 
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path | None = None, hooks: list[Hook] | tuple = (),
-                 resume: bool = False, experiment: Experiment | None = None, progress: bool | None = None):
-        self.cfg = cfg.validate()
-        self.out = Path(out_dir) if out_dir is not None else None
+                 resume: bool = False, experiment: Experiment | None = None, progress: bool | None = None,
+                 *, overwrite: bool = False):
+        _check_arguments(cfg, out_dir, hooks, resume, experiment, progress, overwrite)
+        self.cfg = cfg
+        self.out = Path(out_dir).expanduser() if out_dir is not None else None
         self.progress = cfg.run.progress if progress is None else progress
+        self.overwrite = overwrite
+        self.checkpoint_step: int | None = None  # step of the last checkpoint on disk
         resumed = None
+        if self.out is not None:
+            self._check_out_dir(resume, overwrite)
         if resume:
             if self.out is None:
-                raise UserError("resume needs the run directory that holds checkpoint.pt")
+                raise UserError("resume=True needs out_dir, the run directory that holds checkpoint.pt")
             resumed = io.load_checkpoint(self.out / CHECKPOINT)
-            changed = diff(Config.from_dict(resumed["config"]), cfg, ignore=RESUME_IGNORED)
-            if changed:
-                old = Config.from_dict(resumed["config"])
-                details = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(cfg, k)!r}" for k in changed[:5])
-                raise UserError(f"cannot resume {str(self.out)!r} with a different config ({details}); "
-                                f"valid: the run's own config.yaml, changing only {', '.join(RESUME_IGNORED)}")
+            self._check_resumable(resumed, cfg)
         probe = build_algorithm(cfg.algorithm, 2, 1)
         self.exp = experiment or build_experiment(cfg, uses_unlabeled=probe.uses_unlabeled, progress=self.progress)
         e = self.exp
@@ -135,7 +195,8 @@ class Trainer:
         self.hooks = [PseudoLabelMonitor(e.num_classes), *hooks]
         names = [h.name for h in self.hooks]
         if len(set(names)) != len(names):
-            raise UserError(f"hook names must be unique, got {names}")
+            raise UserError(f"hook names must be unique, got {names}; valid: give every hook its own name "
+                            "('pseudo_labels' is built in)")
         params = e.model.trainable_parameters()
         self.optimizer = torch.optim.SGD(param_groups(params, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
@@ -151,12 +212,60 @@ class Trainer:
         if resumed is not None:
             self._restore(resumed)
 
+    # -- run directory ------------------------------------------------------------------------------------
+    def _check_out_dir(self, resume: bool, overwrite: bool) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise UserError(f"out_dir {str(out)!r} is a file; valid: a new or empty directory")
+        io.check_writable_dir(out, "out_dir")
+        if resume:
+            if not (out / CHECKPOINT).is_file():
+                what = ("does not exist" if not out.exists() else
+                        "holds config.yaml but no checkpoint.pt (the run stopped before its first checkpoint; start "
+                        "it again with overwrite=True)" if (out / CONFIG).exists() else "holds no checkpoint.pt")
+                raise UserError(f"cannot resume {str(out)!r}: it {what}; valid: a run directory written by "
+                                "finessl-lab train")
+        else:
+            held = held_run_files(out)
+            if held and not overwrite:
+                raise UserError(f"out_dir {str(out)!r} already holds a run ({', '.join(held)}); valid: a new directory, "
+                                "overwrite=True to replace it"
+                                + (", or resume=True to continue it" if CHECKPOINT in held else ""))
+        if out.is_dir():  # fail now rather than after building the experiment
+            with io.dir_lock(out):
+                pass
+
+    def _check_resumable(self, resumed, cfg: Config) -> None:
+        where = repr(str(self.out / CHECKPOINT))
+        if not isinstance(resumed, dict) or resumed.get("format") != CHECKPOINT_FORMAT or "config" not in resumed:
+            fmt = resumed.get("format") if isinstance(resumed, dict) else type(resumed).__name__
+            raise UserError(f"checkpoint {where} is not a finessl-lab training checkpoint of format {CHECKPOINT_FORMAT} "
+                            f"(format: {fmt!r}); valid: a checkpoint.pt written by finessl-lab train")
+        try:
+            old = Config.from_dict(resumed["config"])
+        except UserError as e:
+            raise UserError(f"checkpoint {where} holds a config this version cannot read ({e})") from None
+        changed = diff(old, cfg, ignore=RESUME_IGNORED)
+        if changed:
+            details = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(cfg, k)!r}" for k in changed[:5])
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            raise UserError(f"cannot resume {str(self.out)!r} with a different config ({details}{more}); "
+                            f"valid: the run's own config.yaml, changing only {', '.join(RESUME_IGNORED)}")
+
+    def _prepare_out_dir(self) -> None:
+        """Under the directory lock, before anything is written: clear a replaced run and stale temp files."""
+        if self.overwrite:
+            for f in held_run_files(self.out):
+                (self.out / f).unlink()
+            self.overwrite = False
+        io.remove_stale_temps(self.out, RUN_FILES)
+
     # -- checkpoint ---------------------------------------------------------------------------------------
     def _state(self) -> dict:
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"format": 1, "config": self.cfg.to_dict(), "step": self.step,
+        return {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "step": self.step,
                 "model": self.exp.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "algorithm": self.algorithm.state_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks},
@@ -181,11 +290,21 @@ class Trainer:
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
         self.step, self.rows, self.accum = s["step"], s["rows"], s["accum"]
         self.skipped, self.best, self.elapsed = s["skipped"], s["best"], s["elapsed"]
+        self.checkpoint_step = self.step
 
     def save_checkpoint(self) -> Path | None:
         if self.out is None:
             return None
-        return io.save_checkpoint(self.out / CHECKPOINT, self._state())
+        path = io.save_checkpoint(self.out / CHECKPOINT, self._state())
+        self.checkpoint_step = self.step
+        return path
+
+    def _last_checkpoint(self) -> str:
+        if self.out is None:
+            return "none (no out_dir)"
+        if self.checkpoint_step is None:
+            return "none (no checkpoint written yet)"
+        return f"{self.out / CHECKPOINT} (after step {self.checkpoint_step})"
 
     # -- one step -----------------------------------------------------------------------------------------
     def _train_step(self, batch) -> StepRecord | None:
@@ -204,10 +323,13 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 return None
-            last = self.out / CHECKPOINT if self.out is not None and (self.out / CHECKPOINT).exists() else None
-            raise NonFiniteLoss(f"loss is {out.loss.item()} at step {self.step}; last good checkpoint: "
-                                f"{str(last) if last else 'none'}; lower optim.lr or rerun with "
-                                f"--set run.nan_policy=skip to skip such steps")
+            hint = (f"continue from it with --resume {self.out} --set run.nan_policy=skip (Python: "
+                    f"cfg.run.nan_policy='skip'; train(cfg, out, resume=True)) to skip such steps, or lower optim.lr "
+                    f"and start again" if self.checkpoint_step is not None else
+                    "lower optim.lr (or check the data and model.logit_scale) and start again, or set "
+                    "run.nan_policy=skip to skip such steps")
+            raise NonFiniteLoss(f"loss is {out.loss.item()} at step {self.step + 1} of {cfg.total_steps}; training "
+                                f"stopped; last good checkpoint: {self._last_checkpoint()}; {hint}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
@@ -265,6 +387,18 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        with ExitStack() as stack:
+            if self.out is not None:
+                self.out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(io.dir_lock(self.out))
+                self._prepare_out_dir()
+            return self._fit()
+
+    def _resume_hint(self) -> str:
+        return (f"; continue with: finessl-lab train --resume {self.out} (Python: train(cfg, {str(self.out)!r}, "
+                f"resume=True))" if self.out is not None else "")
+
+    def _fit(self) -> dict:
         cfg, total, spe = self.cfg, self.cfg.total_steps, self.cfg.run.steps_per_epoch
         every = cfg.run.checkpoint_every or spe
         if self.out is not None:
@@ -276,31 +410,36 @@ class Trainer:
         bar = progress_bar(total=total, initial=self.step, desc=f"{cfg.algorithm.name} seed {cfg.run.seed}",
                            unit="step", disable=not self.progress, leave=True)
         single = 1 if self.cfg.run.feature_cache and self.exp.device.type == "cpu" else None
-        with _catch_signals(flag), _intra_op_threads(single):
-            for batch in self.exp.batches(self.step, total):
-                if self.step % spe == 0:
-                    self.algorithm.on_epoch_start(self.step // spe)
-                self.exp.model.train()
-                record = self._train_step(batch)
-                if record is not None:
-                    for h in self.hooks:
-                        h.on_step(record)
-                self.step += 1
-                bar.update(1)
-                epoch_end = self.step % spe == 0 or self.step == total
-                if epoch_end:
-                    row = self._end_epoch((self.step - 1) // spe)
-                    bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", test=f"{row['test_top1']:.2f}")
-                self.elapsed = time.perf_counter() - t0
-                if epoch_end or self.step % every == 0 or flag:
-                    self.save_checkpoint()
+        describe = lambda: f"; last checkpoint: {self._last_checkpoint()}" + self._resume_hint()  # noqa: E731
+        try:
+            with _catch_signals(flag, describe), _intra_op_threads(single):
+                for batch in self.exp.batches(self.step, total):
+                    if self.step % spe == 0:
+                        self.algorithm.on_epoch_start(self.step // spe)
+                    self.exp.model.train()
+                    record = self._train_step(batch)
+                    if record is not None:
+                        for h in self.hooks:
+                            h.on_step(record)
+                    self.step += 1
+                    bar.update(1)
+                    epoch_end = self.step % spe == 0 or self.step == total
                     if epoch_end:
-                        self._write_outputs(final=self.step == total)
-                if flag:
-                    bar.close()
-                    raise Interrupted(f"interrupted by signal {flag['signal']} at step {self.step}; "
-                                      f"checkpoint saved, continue with --resume {self.out}")
-        bar.close()
+                        row = self._end_epoch((self.step - 1) // spe)
+                        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", test=f"{row['test_top1']:.2f}")
+                    self.elapsed = time.perf_counter() - t0
+                    if epoch_end or self.step % every == 0 or flag:
+                        path = self.save_checkpoint()
+                        if epoch_end:
+                            self._write_outputs(final=self.step == total)
+                    if flag:
+                        signum = flag["signal"]
+                        saved = (f"checkpoint saved to {path}" if path is not None else
+                                 "no checkpoint (no out_dir)")
+                        raise Interrupted(f"stopped by {_signal_name(signum)} after step {self.step} of {total}; "
+                                          f"{saved}{self._resume_hint()}", signum, self.step, path, total, self.out)
+        finally:
+            bar.close()
         self.elapsed = time.perf_counter() - t0
         self._write_outputs(final=True)
         for h in self.hooks:
@@ -316,8 +455,12 @@ def _get(cfg: Config, dotted: str):
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, hooks: list[Hook] | tuple = (), resume: bool = False,
-          progress: bool | None = None) -> tuple[dict, pd.DataFrame]:
-    """Train one run; return (summary, metrics DataFrame). The Python twin of ``finessl-lab train``."""
-    trainer = Trainer(cfg, out_dir, hooks=hooks, resume=resume, progress=progress)
+          progress: bool | None = None, *, overwrite: bool = False) -> tuple[dict, pd.DataFrame]:
+    """Train one run; return (summary, metrics DataFrame). The Python twin of ``finessl-lab train``.
+
+    ``out_dir`` must not hold another run unless ``overwrite=True`` (replace it) or ``resume=True`` (continue it
+    from its checkpoint). SIGINT/SIGTERM (Ctrl-C, "interrupt kernel") save a checkpoint and raise
+    :class:`Interrupted`; a NaN/Inf loss raises :class:`NonFiniteLoss` (or is skipped with run.nan_policy=skip)."""
+    trainer = Trainer(cfg, out_dir, hooks=hooks, resume=resume, progress=progress, overwrite=overwrite)
     summary = trainer.fit()
     return summary, trainer.metrics()

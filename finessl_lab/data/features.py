@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,6 +22,14 @@ from ..progress import progress_bar
 from .transforms import seeded, view_seed
 
 WEAK_STREAM, STRONG_STREAM = 100, 200
+
+
+def _ignore_stop_signals(worker_id: int = 0) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process (see finessl_lab.build.ignore_stop_signals)."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def cache_key(backbone_identity: str, dataset_key: str, transform_desc: dict, views: int, seed: int) -> str:
@@ -48,7 +57,8 @@ def extract(backbone, images, transform, *, stream: int | None, seed: int, devic
             num_workers: int, desc: str, progress: bool = True) -> Tensor:
     """Features [N, D] (fp16, on CPU) of one view of every image."""
     loader = torch.utils.data.DataLoader(_Views(images, transform, stream, seed), batch_size=batch_size,
-                                         num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
+                                         num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
+                                         worker_init_fn=_ignore_stop_signals if num_workers else None)
     amp = (torch.autocast("cuda", dtype=torch.float16) if torch.device(device).type == "cuda" else nullcontext())
     out = []
     for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch"):
@@ -82,8 +92,10 @@ def load_or_compute(cache_root: Path, backbone, bundle, transforms, transform_de
             blob = load_checkpoint(path)
             if blob.get("meta", {}).get("key") == key:
                 return blob["features"], path
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            pass
+            why = "it was written for other settings"
+        except Exception as e:  # noqa: BLE001  (a damaged cache entry is recomputed, never trusted)
+            why = str(e)
+        print(f"warning: feature cache {path} is unusable ({why}); recomputing it", file=sys.stderr)
     feats = compute(backbone, bundle, transforms, views, seed, device, batch_size, num_workers, progress)
     meta = {"key": key, "backbone": backbone.identity, "dataset": bundle.key, "transform": transform_desc,
             "views": views, "view_seed": seed}
