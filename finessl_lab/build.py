@@ -64,11 +64,6 @@ def unlabeled_batch_size(cfg: Config, uses_unlabeled: bool) -> int:
 
 
 # where to get the folder datasets (the torchvision ones name their source themselves)
-FOLDER_SOURCES = {
-    "imagenet": "get ImageNet-1k from https://image-net.org/download.php and arrange it as train/<class>/ and val/<class>/",
-    "semi_aves": "get Semi-Aves from https://github.com/cvl-umass/semi-inat-2020 and arrange it as train/<class>/ and test/<class>/",
-    "imagefolder": "point data.root at your own images in that layout",
-}
 _WEIGHT_FORMATS = "a PyTorch state dict saved with torch.save (.pt/.pth/.bin) or a .safetensors file"
 
 
@@ -131,25 +126,6 @@ def check_weights_file(path: str) -> None:
                         f"valid: {_WEIGHT_FORMATS}")
 
 
-_BUNDLES: dict[tuple, DatasetBundle] = {}
-
-
-def _load_dataset(cfg: Config, root: Path) -> DatasetBundle:
-    """load_dataset + a download hint for folder datasets; the embedded digits (3 s to parse) are kept in memory,
-    they depend on nothing but the installed package."""
-    d = cfg.data
-    if d.dataset == "mnist5k":
-        key = ("mnist5k", d.subsample_per_class)
-        if key not in _BUNDLES:
-            _BUNDLES[key] = load_dataset(d, root)
-        return _BUNDLES[key]
-    try:
-        return load_dataset(d, root)
-    except UserError as e:
-        hint = FOLDER_SOURCES.get(d.dataset)
-        if hint and "http" not in str(e):
-            raise UserError(f"{e}; {hint}") from None
-        raise
 
 
 def check_labels_fit(cfg: Config, bundle: DatasetBundle) -> None:
@@ -175,7 +151,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.run.precision, device)
     root = cache_dir(cfg.run.cache_dir)
-    bundle = _load_dataset(cfg, root)
+    bundle = load_dataset(cfg.data, root)
     check_labels_fit(cfg, bundle)
     split = cached_split(root, bundle.key, bundle.train.targets, bundle.num_classes, cfg.data.labels_per_class,
                          val_per_class=cfg.data.val_per_class,

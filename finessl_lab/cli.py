@@ -180,6 +180,10 @@ def cmd_train(args) -> int:
         out = Path(args.out)
         check_out_dir(out, args.overwrite)
         trainer = Trainer(cfg, out, overwrite=args.overwrite)
+    model = trainer.exp.model
+    print(f"{trainer.cfg.algorithm.name}: {model.num_trainable():,} trainable parameters "
+          f"(PEFT {trainer.cfg.model.peft} + main and aux heads) of {sum(p.numel() for p in model.parameters()):,}",
+          flush=True)
     summary = trainer.fit()
     _print_summary(summary, trainer.cfg)
     return 0

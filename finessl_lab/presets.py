@@ -62,6 +62,8 @@ def preset(name: str) -> dict:
 def resolve(preset_name: str | None = None, config_file: str | None = None, flags: dict | None = None,
             sets: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults < preset < YAML file < dedicated flags (dotted key -> value) < ``--set key=value`` items."""
+    if isinstance(sets, str):
+        raise UserError(f"sets={sets!r} is a string; valid: a list of 'key=value' items, e.g. [{sets!r}]")
     cfg = Config()
     if preset_name:
         apply_dict(cfg, preset(preset_name))

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import io
-from .algorithms import Heads, UnlabeledViews, build_algorithm
+from .algorithms import REGISTRY, Heads, UnlabeledViews, build_algorithm
 from .build import EvalSet, Experiment, build_experiment
 from .config import Config, diff
 from .device import autocast, grad_scaler
@@ -188,8 +188,8 @@ class Trainer:
                 raise UserError("resume=True needs out_dir, the run directory that holds checkpoint.pt")
             resumed = io.load_checkpoint(self.out / CHECKPOINT)
             self._check_resumable(resumed, cfg)
-        probe = build_algorithm(cfg.algorithm, 2, 1)
-        self.exp = experiment or build_experiment(cfg, uses_unlabeled=probe.uses_unlabeled, progress=self.progress)
+        uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
+        self.exp = experiment or build_experiment(cfg, uses_unlabeled=uses_unlabeled, progress=self.progress)
         e = self.exp
         self.algorithm = build_algorithm(cfg.algorithm, e.num_classes, len(e.split.unlabeled), e.device)
         self.hooks = [PseudoLabelMonitor(e.num_classes), *hooks]

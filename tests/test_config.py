@@ -78,3 +78,8 @@ def test_unknown_preset_suggests():
 def test_feature_cache_needs_frozen_backbone():
     with pytest.raises(UserError, match="model.peft='vpt_deep'"):
         resolve("cifar100_n4", sets=["run.feature_cache=true"])
+
+
+def test_sets_must_be_a_list_not_a_string():
+    with pytest.raises(UserError, match=r"sets='optim.lr=0.1' is a string; valid: a list"):
+        resolve("embedded", sets="optim.lr=0.1")

@@ -491,3 +491,12 @@ def test_view_seed_stable_and_mixing():
     seeds = {view_seed(s, stream, i) for s in range(3) for stream in range(2) for i in range(50)}
     assert len(seeds) == 300
     assert view_seed(1, 23) != view_seed(12, 3) and view_seed(np.int64(4), 5) == view_seed(4, 5)
+
+
+def test_unreadable_image_is_a_user_error_naming_the_file(tmp_path):
+    root = make_tree(tmp_path / "data")
+    bad = root / "train" / "dog" / "0.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    b = load_dataset(data_cfg(dataset="imagefolder", root=str(root)), tmp_path)
+    with pytest.raises(UserError, match=r"image '.*dog/0.png' cannot be read"):
+        b.train.images[2]

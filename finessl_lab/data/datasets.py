@@ -17,7 +17,6 @@ the first K training images of each class, in index order.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 from collections.abc import Sequence
@@ -88,8 +87,12 @@ class _FileImages(Sequence):
         return len(self.paths)
 
     def __getitem__(self, i):  # type: ignore[override]
-        with Image.open(self.paths[i]) as img:
-            return img.convert("RGB")  # a loaded copy, so the file is closed on return
+        try:
+            with Image.open(self.paths[i]) as img:
+                return img.convert("RGB")  # a loaded copy, so the file is closed on return
+        except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for unreadable / truncated files
+            raise UserError(f"image {str(self.paths[i])!r} cannot be read ({type(e).__name__}: {e}); "
+                            "valid: a readable image file — remove or replace it") from None
 
 
 class _TorchvisionImages(Sequence):
@@ -192,8 +195,9 @@ def mnist5k_path() -> Path:
 
 
 def load_mnist5k() -> DatasetBundle:
-    with gzip.open(mnist5k_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    import pandas as pd  # 20x faster than np.loadtxt on this file (0.15 s vs 3 s)
+
+    table = pd.read_csv(mnist5k_path(), header=None, compression="gzip").to_numpy(dtype=np.float64)
     pixels = table[:, :-1].round().clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
     labels = table[:, -1].astype(np.int64)
     train_idx, test_idx = [], []
@@ -283,7 +287,24 @@ def _scan_split(split_dir: Path, classes: list[str] | None, layout: str) -> tupl
     return classes, paths, np.asarray(targets, dtype=np.int64)
 
 
+FOLDER_SOURCES = {
+    "imagenet": "get ImageNet-1k from https://image-net.org/download.php and arrange it as train/<class>/ and val/<class>/",
+    "semi_aves": "get Semi-Aves from https://github.com/cvl-umass/semi-inat-2020 and arrange it as train/<class>/ and test/<class>/",
+    "imagefolder": "point data.root at your own images in that layout",
+}
+
+
 def load_folder(name: str, cfg: Any, cache_root: Path) -> DatasetBundle:
+    try:
+        return _load_folder(name, cfg, cache_root)
+    except UserError as e:
+        hint = FOLDER_SOURCES.get(name)
+        if hint and "http" not in str(e):
+            raise UserError(f"{e}; {hint}") from None
+        raise
+
+
+def _load_folder(name: str, cfg: Any, cache_root: Path) -> DatasetBundle:
     root, origin = _root(cfg, cache_root, name)
     layout = "root/train/<class>/*.jpg and root/test/<class>/*.jpg (or root/val/<class>/...)"
     if not root.is_dir():
