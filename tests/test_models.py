@@ -1,7 +1,6 @@
 """finessl_lab.models: backbones (tiny open_clip ViT / ResNet built here, embedded EfficientNet), PEFT, heads."""
 from __future__ import annotations
 
-import json
 import math
 import types
 

@@ -362,22 +362,27 @@ def list_backbones() -> list[str]:
     return [EFFICIENTNET] + [n for n in open_clip.list_models() if _open_clip_family(n) is not None]
 
 
-def build_backbone(cfg: Any) -> Backbone:
-    """Build the frozen backbone of a ModelConfig-like ``cfg`` (backbone, pretrained; peft is checked early)."""
+def backbone_family(name: str) -> str:
+    """'cnn' or 'vit' for a supported backbone name; a UserError naming the closest valid one otherwise."""
     import open_clip
 
-    name, pretrained = str(cfg.backbone), str(cfg.pretrained)
     if name == EFFICIENTNET:
-        family = "cnn"
-    elif name in open_clip.list_models():
+        return "cnn"
+    if name in open_clip.list_models():
         family = _open_clip_family(name)
         if family is None:
-            raise UserError(f"backbone {name!r} has a timm/HF image tower, which finessl-lab does not support; use an "
-                            f"open_clip ViT (e.g. ViT-B-16), a CLIP ResNet (e.g. RN50) or {EFFICIENTNET}")
-    else:
-        valid = list_backbones()
-        raise UserError(f"unknown backbone {name!r}{suggest(name, valid)}; valid: {EFFICIENTNET} or an open_clip "
-                        "model such as ViT-B-16, ViT-B-32, ViT-L-14, RN50 (full list: finessl_lab.models.list_backbones())")
+            raise UserError(f"model.backbone={name!r} has a timm/HF image tower, which finessl-lab does not support; "
+                            f"valid: an open_clip ViT (e.g. ViT-B-16), a CLIP ResNet (e.g. RN50) or {EFFICIENTNET}")
+        return family
+    raise UserError(f"unknown backbone {name!r}{suggest(name, list_backbones())}; valid: {EFFICIENTNET} or an open_clip "
+                    "model such as ViT-B-16, ViT-B-32, ViT-L-14, RN50 (full list: finessl_lab.models.list_backbones())")
+
+
+def build_backbone(cfg: Any) -> Backbone:
+    """Build the frozen backbone of a ModelConfig-like ``cfg`` (backbone, pretrained; peft is checked early)."""
+
+    name, pretrained = str(cfg.backbone), str(cfg.pretrained)
+    family = backbone_family(name)
     if getattr(cfg, "peft", None) is not None:  # fail before a possibly long download
         check_peft(str(cfg.peft), family, name)
     return _build_efficientnet(pretrained) if name == EFFICIENTNET else _build_open_clip(name, pretrained)
