@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import Stopped, UserError
+from .rundir import check_new_run_dir
 
-RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.csv", "summary.json")
 FLAG_KEYS = {"algorithm": "algorithm.name", "max_steps": "run.max_steps", "labels_per_class": "data.labels_per_class",
              "dataset": "data.dataset", "backbone": "model.backbone", "pretrained": "model.pretrained",
              "data_root": "data.root", "seed": "run.seed", "device": "run.device", "peft": "model.peft",
@@ -125,19 +125,8 @@ def config_from_args(args, extra_config: str | None = None):
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that is a file or holds a run, unless --overwrite (the old files are removed only once the
-    new run has been validated and starts, see Trainer.fit)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; valid: a new or empty directory")
-    held = [f for f in RUN_FILES if (out / f).exists()]
-    if held and not overwrite:
-        if held == ["config.yaml"]:
-            raise UserError(f"--out {str(out)!r} holds a run that stopped before its first checkpoint (config.yaml "
-                            "only); valid: a new directory, or --overwrite to start it again")
-        resume = f", or --resume {out} to continue it" if "checkpoint.pt" in held else ""
-        raise UserError(f"--out {str(out)!r} already holds a run ({', '.join(held)}); valid: a new directory, "
-                        f"--overwrite to replace it{resume}")
+    """--out must be new, or hold a run only with --overwrite."""
+    check_new_run_dir(out, overwrite, ("--out", "--overwrite", f"--resume {out}"))
 
 
 def _resume_config(args, resume_dir: Path):

@@ -16,7 +16,8 @@ import pandas as pd
 from . import io
 from .config import Config, diff, validate
 from .errors import UserError, check_type
-from .trainer import CHECKPOINT, CONFIG, SUMMARY, RESUME_IGNORED, _get, held_run_files, train
+from .rundir import CHECKPOINT, CONFIG, SUMMARY, held_run_files
+from .trainer import RESUME_IGNORED, _get, train
 
 
 def _stored_config(run_dir: Path) -> Config | None:

@@ -28,12 +28,11 @@ from .device import autocast, grad_scaler
 from .errors import Stopped, UserError, check_type
 from .hooks import Hook, PseudoLabelMonitor, StepRecord
 from .progress import progress_bar
+from .rundir import CHECKPOINT, CONFIG, METRICS, RUN_FILES, SUMMARY, check_new_run_dir, held_run_files
 
 # config keys that may differ between a run and its resumption (they change no result)
 RESUME_IGNORED = ("run.progress", "run.device", "run.cache_dir", "run.eval_batch_size", "data.root",
                   "data.download", "data.num_workers", "run.checkpoint_every", "run.nan_policy")
-CHECKPOINT, METRICS, SUMMARY, CONFIG = "checkpoint.pt", "metrics.csv", "summary.json", "config.yaml"
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS, SUMMARY)
 CHECKPOINT_FORMAT = 1
 
 
@@ -51,11 +50,6 @@ class Interrupted(Stopped):
 
 class NonFiniteLoss(UserError):
     """A NaN/Inf loss with run.nan_policy=stop: names the step and the last good checkpoint."""
-
-
-def held_run_files(out: Path) -> list[str]:
-    """The run files (config.yaml, checkpoint.pt, metrics.csv, summary.json) present in ``out``."""
-    return [f for f in RUN_FILES if (Path(out) / f).exists()]
 
 
 def _signal_name(signum: int) -> str:
@@ -218,19 +212,14 @@ class Trainer:
         if out.exists() and not out.is_dir():
             raise UserError(f"out_dir {str(out)!r} is a file; valid: a new or empty directory")
         io.check_writable_dir(out, "out_dir")
-        if resume:
-            if not (out / CHECKPOINT).is_file():
-                what = ("does not exist" if not out.exists() else
-                        "holds config.yaml but no checkpoint.pt (the run stopped before its first checkpoint; start "
-                        "it again with overwrite=True)" if (out / CONFIG).exists() else "holds no checkpoint.pt")
-                raise UserError(f"cannot resume {str(out)!r}: it {what}; valid: a run directory written by "
-                                "finessl-lab train")
-        else:
-            held = held_run_files(out)
-            if held and not overwrite:
-                raise UserError(f"out_dir {str(out)!r} already holds a run ({', '.join(held)}); valid: a new directory, "
-                                "overwrite=True to replace it"
-                                + (", or resume=True to continue it" if CHECKPOINT in held else ""))
+        if not resume:
+            check_new_run_dir(out, overwrite)
+        elif not (out / CHECKPOINT).is_file():
+            what = ("does not exist" if not out.exists() else
+                    "holds config.yaml but no checkpoint.pt (the run stopped before its first checkpoint; start "
+                    "it again with overwrite=True)" if (out / CONFIG).exists() else "holds no checkpoint.pt")
+            raise UserError(f"cannot resume {str(out)!r}: it {what}; valid: a run directory written by "
+                            "finessl-lab train")
         if out.is_dir():  # fail now rather than after building the experiment
             with io.dir_lock(out):
                 pass
