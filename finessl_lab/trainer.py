@@ -419,8 +419,8 @@ class Trainer:
                     self.elapsed = time.perf_counter() - t0
                     if epoch_end or self.step % every == 0 or flag:
                         path = self.save_checkpoint()
-                        if epoch_end:
-                            self._write_outputs(final=self.step == total)
+                        if epoch_end and self.step < total:  # the last epoch's files are written below
+                            self._write_outputs(final=False)
                     if flag:
                         signum = flag["signal"]
                         saved = (f"checkpoint saved to {path}" if path is not None else
