@@ -549,12 +549,12 @@ def test_image_mode_with_workers_survives_a_signal_to_the_whole_process_group(tm
                           "--no-progress"] + sum([["--set", s] for s in IMAGE_SETS], []),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          preexec_fn=_default_sigint)
-    ref = tmp_path / "ref"
-    train(resolve("embedded", sets=IMAGE_SETS + ["run.progress=false"]), ref)
     while not (out / "checkpoint.pt").exists() and p.poll() is None:
         time.sleep(0.005)
     os.killpg(p.pid, getattr(signal, signame))
     _, err = p.communicate(timeout=120)
+    ref = tmp_path / "ref"  # the reference run only after the kill: running it alongside let the child finish first
+    train(resolve("embedded", sets=IMAGE_SETS + ["run.progress=false"]), ref)
     assert p.returncode == 128 + getattr(signal, signame), err
     step = io.load_checkpoint(out / "checkpoint.pt")["step"]
     assert err.strip().splitlines()[-1].startswith(f"interrupted: {signame} after step {step} of 12; checkpoint saved")
