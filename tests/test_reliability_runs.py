@@ -306,8 +306,6 @@ def test_real_processes_killed_mid_run_resume_bit_exact(reference, tmp_path):
         procs[name] = (out, subprocess.Popen(cmd + sum([["--set", s] for s in KILL_SETS], []), env=dict(os.environ),
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                              preexec_fn=_default_sigint))
-    ref = tmp_path / "ref"  # the uninterrupted run, in this process, while the children start up
-    train(resolve("embedded", sets=KILL_SETS + ["algorithm.name=finessl", "run.progress=false"]), ref)
     pending, deadline = set(procs), time.monotonic() + 240
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
@@ -316,6 +314,9 @@ def test_real_processes_killed_mid_run_resume_bit_exact(reference, tmp_path):
                 p.send_signal(getattr(signal, name))
                 pending.discard(name)
         time.sleep(0.002)
+    # the uninterrupted reference only now: trained alongside, it let a busy machine's children finish unkilled
+    ref = tmp_path / "ref"
+    train(resolve("embedded", sets=KILL_SETS + ["algorithm.name=finessl", "run.progress=false"]), ref)
     report = {}
     for name, (out, p) in procs.items():
         stdout, stderr = p.communicate(timeout=120)
@@ -392,11 +393,25 @@ def test_an_interrupted_comparison_resumes_reuses_finished_runs_and_overwrite_re
     assert sup.stat().st_mtime_ns != stamps[sup]
 
 
+def _wait_until_catching(pid: int, sig: int, timeout: float = 60.0) -> None:
+    """Poll /proc/PID/status until the process has a handler for ``sig`` (no guessing with sleeps)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        pytest.skip("needs /proc to see when the handler is installed")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        caught = next((int(ln.split()[1], 16) for ln in status.read_text().splitlines() if ln.startswith("SigCgt:")), 0)
+        if caught >> (sig - 1) & 1:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never installed a handler for signal {sig}")
+
+
 def test_sigterm_outside_the_training_loop_exits_143_with_one_line(tmp_path):
     p = subprocess.Popen(_console_script() + ["train", "--preset", "embedded", "--out", str(tmp_path / "o"),
                                               "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    time.sleep(1.0)  # still importing / loading: the trainer has not started
+    _wait_until_catching(p.pid, signal.SIGTERM)  # the CLI's handler is in place; the trainer is minutes away
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 143
