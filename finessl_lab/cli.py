@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named setting (see 'finessl-lab info --presets')")
+    p.add_argument("--preset", help="named setting (listed by 'finessl-lab info')")
     p.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     for flag, typ in (("--algorithm", str), ("--max-steps", int), ("--labels-per-class", int), ("--dataset", str),

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import io
-from .config import Config, diff, validate
+from .config import Config, describe_diff, diff, validate
 from .errors import UserError, check_type
 from .rundir import CHECKPOINT, CONFIG, SUMMARY, held_run_files
-from .trainer import RESUME_IGNORED, _get, train
+from .trainer import RESUME_IGNORED, train
 
 
 def _stored_config(run_dir: Path) -> Config | None:
@@ -38,8 +38,7 @@ def _plan(run_dir: Path, cfg: Config, overwrite: bool) -> str:
     stored = _stored_config(run_dir)
     changed = diff(stored, cfg, ignore=RESUME_IGNORED) if stored is not None else ["(no config)"]
     if changed:
-        details = "; ".join(f"{k}: {_get(stored, k)!r} -> {_get(cfg, k)!r}" for k in changed[:3]) \
-            if stored is not None else "its config is missing"
+        details = describe_diff(stored, cfg, changed) if stored is not None else "its config is missing"
         raise UserError(f"{str(run_dir)!r} already holds a run of a different config ({details}); valid: a new --out "
                         "directory, or --overwrite (Python: overwrite=True) to redo every run")
     if (run_dir / SUMMARY).is_file():

@@ -376,3 +376,17 @@ def diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two configs (for resume compatibility)."""
     av = {k: v for k, v, _ in iter_leaves(a)}
     return [k for k, v, _ in iter_leaves(b) if av.get(k) != v and not k.startswith(ignore)]
+
+
+def get_dotted(cfg, dotted: str):
+    """The value of ``section.key`` (or ``algorithm.finessl.key``) in a config tree."""
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def describe_diff(old: Config, new: Config, keys: list[str], limit: int = 5) -> str:
+    """'key: old -> new; ...' for the first ``limit`` keys, then ' and N more'."""
+    details = "; ".join(f"{k}: {get_dotted(old, k)!r} -> {get_dotted(new, k)!r}" for k in keys[:limit])
+    return details + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -23,7 +23,7 @@ from torch import Tensor
 from . import io
 from .algorithms import REGISTRY, Heads, UnlabeledViews, build_algorithm
 from .build import EvalSet, Experiment, build_experiment
-from .config import Config, diff
+from .config import Config, describe_diff, diff
 from .device import autocast, grad_scaler
 from .errors import Stopped, UserError, check_type
 from .hooks import Hook, PseudoLabelMonitor, StepRecord
@@ -236,9 +236,7 @@ class Trainer:
             raise UserError(f"checkpoint {where} holds a config this version cannot read ({e})") from None
         changed = diff(old, cfg, ignore=RESUME_IGNORED)
         if changed:
-            details = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(cfg, k)!r}" for k in changed[:5])
-            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-            raise UserError(f"cannot resume {str(self.out)!r} with a different config ({details}{more}); "
+            raise UserError(f"cannot resume {str(self.out)!r} with a different config ({describe_diff(old, cfg, changed)}); "
                             f"valid: the run's own config.yaml, changing only {', '.join(RESUME_IGNORED)}")
 
     def _prepare_out_dir(self) -> None:
@@ -434,13 +432,6 @@ class Trainer:
         for h in self.hooks:
             h.on_train_end(self)
         return self.summary()
-
-
-def _get(cfg: Config, dotted: str):
-    obj = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, hooks: list[Hook] | tuple = (), resume: bool = False,
