@@ -16,7 +16,7 @@ from torch import Tensor
 from .config import Config
 from .data.batches import Batch, FeatureBatches, ImageBatches, SplitView
 from .data.datasets import DatasetBundle, load_dataset, resolve_normalization
-from .data.features import extract, load_or_compute
+from .data.features import ImageViews, extract, ignore_stop_signals, load_or_compute
 from .data.splits import Split, cached_split
 from .data.transforms import build_transforms
 from .device import resolve_device, resolve_precision
@@ -142,7 +142,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                                            worker_init_fn=ignore_stop_signals if workers else None)
 
     def image_eval(ds) -> EvalSet:
-        loader = torch.utils.data.DataLoader(_Clean(ds.images, transforms.test), batch_size=cfg.run.eval_batch_size,
+        loader = torch.utils.data.DataLoader(ImageViews(ds.images, transforms.test, stream=None, seed=0), batch_size=cfg.run.eval_batch_size,
                                              num_workers=workers, pin_memory=device.type == "cuda",
                                              worker_init_fn=ignore_stop_signals if workers else None)
         return EvalSet(loader, torch.as_tensor(ds.targets))
@@ -151,25 +151,3 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     if len(split.val):
         evals["val"] = image_eval(bundle.train.subset(split.val))
     return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None)
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader worker_init_fn: workers ignore SIGINT/SIGTERM. A terminal Ctrl-C or a scheduler's SIGTERM often
-    reaches the whole process group; the main process then finishes its step, saves a checkpoint and shuts the
-    workers down itself, instead of dying with 'DataLoader worker exited unexpectedly'. (Workers still exit when
-    the main process dies, even by SIGKILL: torch's worker watchdog notices.)"""
-    import signal
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
-
-
-class _Clean(torch.utils.data.Dataset):
-    def __init__(self, images, transform):
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.transform(self.images[i])

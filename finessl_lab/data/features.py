@@ -24,8 +24,11 @@ from .transforms import seeded, view_seed
 WEAK_STREAM, STRONG_STREAM = 100, 200
 
 
-def _ignore_stop_signals(worker_id: int = 0) -> None:
-    """Workers leave SIGINT/SIGTERM to the main process (see finessl_lab.build.ignore_stop_signals)."""
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: workers ignore SIGINT/SIGTERM. A terminal Ctrl-C or a scheduler's SIGTERM often
+    reaches the whole process group; the main process then finishes its step, saves a checkpoint and shuts the
+    workers down itself, instead of dying with 'DataLoader worker exited unexpectedly'. (Workers still exit when
+    the main process dies, even by SIGKILL: torch's worker watchdog notices.)"""
     import signal
 
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -38,7 +41,9 @@ def cache_key(backbone_identity: str, dataset_key: str, transform_desc: dict, vi
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-class _Views(torch.utils.data.Dataset):
+class ImageViews(torch.utils.data.Dataset):
+    """One view of every image: the deterministic transform (stream None) or a seeded random one per image."""
+
     def __init__(self, images, transform, stream: int | None, seed: int):
         self.images, self.transform, self.stream, self.seed = images, transform, stream, seed
 
@@ -56,9 +61,9 @@ class _Views(torch.utils.data.Dataset):
 def extract(backbone, images, transform, *, stream: int | None, seed: int, device, batch_size: int,
             num_workers: int, desc: str, progress: bool = True) -> Tensor:
     """Features [N, D] (fp16, on CPU) of one view of every image."""
-    loader = torch.utils.data.DataLoader(_Views(images, transform, stream, seed), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(ImageViews(images, transform, stream, seed), batch_size=batch_size,
                                          num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-                                         worker_init_fn=_ignore_stop_signals if num_workers else None)
+                                         worker_init_fn=ignore_stop_signals if num_workers else None)
     amp = (torch.autocast("cuda", dtype=torch.float16) if torch.device(device).type == "cuda" else nullcontext())
     out = []
     for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch"):
