@@ -19,7 +19,7 @@ from .data.datasets import DatasetBundle, load_dataset, resolve_normalization
 from .data.features import ImageViews, extract, ignore_stop_signals, load_or_compute
 from .data.splits import Split, cached_split
 from .data.transforms import build_transforms
-from .device import resolve_device, resolve_precision
+from .device import resolve_device, resolve_precision, weight_dtype
 from .errors import UserError
 from .io import cache_dir
 from .models.checks import check_model_config
@@ -55,9 +55,16 @@ class Experiment:
 
 def transform_description(cfg: Config, mean, std) -> dict:
     d = cfg.data
-    return {"image_size": d.image_size, "resize": d.resize, "crop_padding": d.crop_padding, "hflip": d.hflip,
+    desc = {"image_size": d.image_size, "resize": d.resize, "crop_padding": d.crop_padding, "hflip": d.hflip,
             "ra_ops": d.randaugment_ops, "ra_mag": d.randaugment_magnitude, "cutout": d.cutout,
             "mean": list(mean), "std": list(std)}
+    # fidelity items that change the cached views (added only when not the earlier default, so caches built
+    # before these options existed keep their key)
+    if d.strong_aug not in ("randaugment", "auto"):
+        desc["strong_aug"] = d.strong_aug
+    if d.test_view not in ("center_crop", "auto"):
+        desc["test_view"] = d.test_view
+    return desc
 
 
 def unlabeled_batch_size(cfg: Config, uses_unlabeled: bool) -> int:
@@ -82,7 +89,7 @@ def check_labels_fit(cfg: Config, bundle: DatasetBundle) -> None:
 
 
 def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = True) -> Experiment:
-    cfg.validate()
+    cfg = cfg.validate().resolved()  # fidelity items left at 'auto' take the values `cfg.fidelity` implies
     check_model_config(cfg.model)  # names and weights paths fail fast, before data or weights are loaded
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.run.precision, device)
@@ -91,13 +98,15 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     check_labels_fit(cfg, bundle)
     split = cached_split(root, bundle.key, bundle.train.targets, bundle.num_classes, cfg.data.labels_per_class,
                          val_per_class=cfg.data.val_per_class,
-                         include_labeled_in_unlabeled=cfg.data.include_labeled_in_unlabeled, seed=cfg.run.seed)
+                         include_labeled_in_unlabeled=cfg.data.include_labeled_in_unlabeled, seed=cfg.run.seed,
+                         order=cfg.data.split_order)
     targets = np.asarray(bundle.train.targets)
     ood = getattr(split, "ood", None)
     view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
                      ood=np.zeros(len(targets), dtype=bool) if ood is None else ood,
                      batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
-                     seed=cfg.run.seed)
+                     seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
+                     steps_per_epoch=cfg.run.steps_per_epoch)
     backbone = build_backbone(cfg.model)
     mean, std = (backbone.mean, backbone.std) if cfg.data.normalize == "backbone" else \
         resolve_normalization(cfg.data.normalize, cfg.data.dataset)
@@ -112,11 +121,11 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                                       cfg.run.feature_views, cfg.run.view_seed, **common)
         clean = feats["train_clean"].float()
         text = (backbone.text_prototypes(bundle.classes, cfg.model.prompt_template).float().cpu()
-                if backbone.has_text and cfg.model.head_init in ("auto", "text") else None)
+                if backbone.has_text and cfg.model.head_init in ("prototype", "text") else None)
         model = build_model(cfg.model, bundle.num_classes, bundle.classes, feature_dim=clean.shape[1],
                             text_prototypes=text,
                             labeled_features=clean[split.labeled], labeled_targets=y_lab,
-                            generator=torch.Generator().manual_seed(cfg.run.seed)).to(device)
+                            generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(precision))
         del backbone
         source = FeatureBatches(feats["weak"], feats["strong"], view, device)
         batches = lambda first, total: (source[s] for s in range(first, total))  # noqa: E731
@@ -128,12 +137,12 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     apply_peft(backbone, cfg.model, generator=torch.Generator().manual_seed(cfg.run.seed))
     backbone.to(device)
     labeled_feats = None
-    if cfg.model.head_init == "class_mean" or (cfg.model.head_init == "auto" and not backbone.has_text):
+    if cfg.model.head_init == "class_mean" or (cfg.model.head_init == "prototype" and not backbone.has_text):
         labeled_feats = extract(backbone, bundle.train.subset(split.labeled).images, transforms.test, stream=None,
                                 seed=0, desc="features: labeled (head init)", **common).float()
     model = build_model(cfg.model, bundle.num_classes, bundle.classes, backbone=backbone,
                         labeled_features=labeled_feats, labeled_targets=y_lab,
-                        generator=torch.Generator().manual_seed(cfg.run.seed)).to(device)
+                        generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(precision))
 
     def batches(first: int, total: int):
         ds = ImageBatches(bundle.train.images, view, transforms, first, total)

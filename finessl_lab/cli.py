@@ -23,7 +23,7 @@ from .rundir import check_new_run_dir
 FLAG_KEYS = {"algorithm": "algorithm.name", "max_steps": "run.max_steps", "labels_per_class": "data.labels_per_class",
              "dataset": "data.dataset", "backbone": "model.backbone", "pretrained": "model.pretrained",
              "data_root": "data.root", "seed": "run.seed", "device": "run.device", "peft": "model.peft",
-             "cache_dir": "run.cache_dir"}
+             "cache_dir": "run.cache_dir", "fidelity": "fidelity"}
 EMBEDDED_NOTE = ("note: the embedded default is 5,000 real MNIST digits + an ImageNet-pretrained EfficientNet-Lite0 "
                  "(frozen, cached features, head-level training) - NOT CLIP; paper numbers need the CLIP presets on a GPU.")
 
@@ -41,6 +41,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                       ("--backbone", str), ("--pretrained", str), ("--data-root", str), ("--seed", int),
                       ("--device", str), ("--peft", str), ("--cache-dir", str)):
         p.add_argument(flag, type=_typed(flag, typ))
+    p.add_argument("--fidelity", choices=("official", "clean"),
+                   help="official = the authors' code, clean = our fixes (fills every fidelity item left at auto)")
     p.add_argument("--feature-cache", action="store_true", default=None, help="train heads on cached features")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -47,9 +47,21 @@ class DataConfig:
     randaugment_ops: int = opt(2, lo=0, hi=14, help="RandAugment ops of the strong view")
     randaugment_magnitude: int = opt(10, lo=0, hi=30, help="RandAugment magnitude of the strong view")
     cutout: float = opt(0.5, lo=0.0, hi=1.0, help="max Cutout side as a fraction of the image (0 = off)")
-    normalize: str = opt("backbone", choices=("backbone", "clip", "cifar", "imagenet", "inception"),
-                         help="input normalisation; 'backbone' = the backbone's own, 'cifar' = official FineSSL")
+    normalize: str = opt("auto", choices=("auto", "backbone", "clip", "cifar", "imagenet", "inception"),
+                         help="input normalisation; 'backbone' = the backbone's own, 'cifar' = official FineSSL "
+                              "(CIFAR-10/100 statistics); auto = from fidelity (official: cifar for CIFAR, else imagenet)")
     num_workers: int = opt(2, lo=0, hi=64, help="DataLoader worker processes (image mode)")
+    # fidelity items (README "Fidelity"): 'auto' = filled from the top-level `fidelity`
+    strong_aug: str = opt("auto", choices=("auto", "randaugment_mc", "randaugment"),
+                          help="strong view: randaugment_mc (official FixMatch RandAugmentMC + 16 px cutout) or "
+                               "randaugment (torchvision RandAugment + random-size cutout)")
+    test_view: str = opt("auto", choices=("auto", "resize", "center_crop"),
+                         help="test view: resize (official Resize((s, s))) or center_crop (Resize + CenterCrop)")
+    labeled_stream: str = opt("auto", choices=("auto", "replay", "fresh"),
+                              help="replay = official cycle(DataLoader): each epoch replays its first pass; "
+                                   "fresh = new batches every step")
+    split_order: str = opt("auto", choices=("auto", "first", "seeded"),
+                           help="labeled split: first N indices per class (official) or a seeded draw")
 
 
 @dataclass
@@ -58,11 +70,14 @@ class ModelConfig:
     pretrained: str = opt("openai", help="open_clip hub tag, a local weights file, 'embedded', or 'none' (random init: a test fixture only)")
     peft: str = opt("vpt_deep", choices=PEFTS, help="parameter-efficient fine-tuning method")
     vpt_tokens: int = opt(50, lo=1, hi=1000, help="VPT prompt tokens (per layer for vpt_deep)")
-    head_init: str = opt("auto", choices=("auto", "text", "class_mean", "random"),
-                         help="cosine-head init; auto = text prototypes if the backbone has a text tower else class means")
+    head_init: str = opt("auto", choices=("auto", "random", "text", "class_mean", "prototype"),
+                         help="cosine-head init: random = unit-norm uniform rows (official), text, class_mean, "
+                              "prototype = text if the backbone has a text tower else class means; auto = from fidelity")
     prompt_template: str = opt("a photo of a {}.", help="text prompt for text-initialised heads")
     logit_scale: float = opt(1 / 0.07, lo=0.0, lo_open=True, help="initial cosine-head scale")
     learn_scale: bool = opt(True, help="learn the cosine-head scale")
+    scale_param: str = opt("auto", choices=("auto", "direct", "log"),
+                           help="cosine-head scale learned directly (official) or as log s; auto = from fidelity")
 
 
 @dataclass
@@ -82,7 +97,10 @@ class OptimConfig:
     batch_size: int = opt(32, lo=1, hi=65536, help="labeled batch size")
     mu: int = opt(1, lo=1, hi=64, help="unlabeled batch = mu * batch_size")
     schedule: str = opt("cosine", choices=("cosine", "constant"))
-    schedule_unit: str = opt("step", choices=("step", "epoch"), help="cosine stepped per step (paper) or per epoch (official code)")
+    schedule_unit: str = opt("auto", choices=("auto", "step", "epoch"),
+                             help="cosine stepped per step or per epoch (official code); auto = from fidelity")
+    decay_scope: str = opt("auto", choices=("auto", "all", "matrices"),
+                           help="weight decay on every tuned tensor (official) or only >= 2-d ones; auto = from fidelity")
     warmup_steps: int = opt(0, lo=0)
 
 
@@ -93,7 +111,9 @@ class RunConfig:
     max_steps: int = opt(0, lo=0, help="total step budget (0 = epochs * steps_per_epoch); the schedule spans it")
     seed: int = opt(1, lo=0, hi=2**31 - 1)
     device: str = opt("auto", help="auto, cpu, cuda, cuda:N or mps")
-    precision: str = opt("auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto = bf16/fp16 autocast on CUDA, fp32 elsewhere")
+    precision: str = opt("auto", choices=("auto", "fp32", "bf16", "fp16", "fp16_pure"),
+                         help="auto = bf16/fp16 autocast on CUDA, fp32 elsewhere; fp16_pure = official: model and "
+                              "heads in half precision, no GradScaler (CUDA only)")
     cache_dir: str = opt("", help="splits / features / datasets cache ('' = $FINESSL_LAB_CACHE or ~/.cache/finessl_lab)")
     feature_cache: bool = opt(False, help="train head-level algorithms from cached frozen-backbone features")
     feature_views: int = opt(2, lo=1, hi=32, help="K weak and K strong cached views per image")
@@ -104,8 +124,13 @@ class RunConfig:
     progress: bool = opt(True, help="show progress bars")
 
 
+FIDELITIES = ("official", "clean")
+
+
 @dataclass
 class Config:
+    fidelity: str = opt("official", choices=FIDELITIES,
+                        help="official = the authors' code; clean = our fixes; fills every fidelity item left at auto")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -139,6 +164,12 @@ class Config:
     def validate(self) -> "Config":
         validate(self)
         return self
+
+    def resolved(self) -> "Config":
+        """A copy with every fidelity item left at 'auto' filled from ``fidelity`` (explicit values stay)."""
+        from .fidelity import resolve_fidelity
+
+        return resolve_fidelity(self)
 
     @property
     def total_steps(self) -> int:
@@ -232,8 +263,15 @@ def set_dotted(cfg, dotted: str, value: Any) -> None:
         raise UserError(f"config key {short_repr(dotted)} has type {type(dotted).__name__}; valid: a string "
                         "section.key such as 'algorithm.threshold'")
     parts = dotted.strip().split(".")
+    top = _field_map(cfg)
+    if len(parts) == 1 and parts[0] in top and not is_dataclass(getattr(cfg, parts[0])):  # e.g. 'fidelity'
+        setattr(cfg, parts[0], _convert(parts[0], value, _type_of(cfg, top[parts[0]]), top[parts[0]].metadata))
+        return
     if len(parts) < 2 or not all(parts):
-        raise UserError(f"config key {dotted!r} must look like section.key (sections: {', '.join(_field_map(cfg))})")
+        sections = [n for n in _field_map(cfg) if is_dataclass(getattr(cfg, n))]
+        leaves = [n for n in _field_map(cfg) if n not in sections]
+        raise UserError(f"config key {dotted!r} must look like section.key (sections: {', '.join(sections)}) "
+                        f"or be a top-level key ({', '.join(leaves)})")
     obj, prefix = cfg, ""
     for part in parts[:-1]:
         fmap = _field_map(obj)
@@ -373,7 +411,9 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs (for resume compatibility)."""
+    """Dotted keys whose values differ between two configs (for resume compatibility), compared after filling
+    'auto' fidelity items, so a run's config.yaml (explicit values) matches the preset it came from."""
+    a, b = a.resolved(), b.resolved()
     av = {k: v for k, v, _ in iter_leaves(a)}
     return [k for k, v, _ in iter_leaves(b) if av.get(k) != v and not k.startswith(ignore)]
 
@@ -388,5 +428,6 @@ def get_dotted(cfg, dotted: str):
 
 def describe_diff(old: Config, new: Config, keys: list[str], limit: int = 5) -> str:
     """'key: old -> new; ...' for the first ``limit`` keys, then ' and N more'."""
+    old, new = old.resolved(), new.resolved()
     details = "; ".join(f"{k}: {get_dotted(old, k)!r} -> {get_dotted(new, k)!r}" for k in keys[:limit])
     return details + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

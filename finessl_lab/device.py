@@ -1,4 +1,8 @@
-"""Device and precision: CUDA autocast (bf16 if supported, else fp16 + GradScaler); fp32 on CPU/MPS."""
+"""Device and precision: CUDA autocast (bf16 if supported, else fp16 + GradScaler); fp32 on CPU/MPS.
+
+``fp16_pure`` is the official FineSSL code's ``prec: fp16``: the backbone, PEFT parameters and heads are stored
+in half precision and SGD updates the fp16 weights directly, with no autocast, no fp32 master weights and no
+GradScaler. CUDA only. (Our cosine heads still form their logits in fp32 from the fp16 weights.)"""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -27,6 +31,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type != "cuda":
+        if precision == "fp16_pure":
+            raise UserError(f"run.precision='fp16_pure' (the official code's half-precision weights) needs a CUDA "
+                            f"device (got {device.type}); valid here: auto or fp32")
         if precision in ("bf16", "fp16"):
             raise UserError(f"run.precision={precision!r} needs a CUDA device (got {device.type}); valid here: auto or fp32")
         return "fp32"
@@ -36,10 +43,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
+    if precision in ("fp32", "fp16_pure"):
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype of the model's weights and inputs: fp16 for fp16_pure, else fp32 (autocast casts per op)."""
+    return torch.float16 if precision == "fp16_pure" else torch.float32

@@ -12,6 +12,7 @@ from .config import Config, apply_dict, load_yaml, parse_set
 from .errors import UserError, suggest
 
 PAPER = {
+    "fidelity": "official",  # the authors' code produced the published numbers (README "Fidelity")
     "model": {"backbone": "ViT-B-16", "pretrained": "openai", "peft": "vpt_deep", "vpt_tokens": 50},
     "optim": {"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 32, "mu": 1},
     "run": {"epochs": 30, "steps_per_epoch": 500},

@@ -24,7 +24,7 @@ from . import io
 from .algorithms import REGISTRY, Heads, UnlabeledViews, build_algorithm
 from .build import EvalSet, Experiment, build_experiment
 from .config import Config, describe_diff, diff
-from .device import autocast, grad_scaler
+from .device import autocast, grad_scaler, weight_dtype
 from .errors import Stopped, UserError, check_type
 from .hooks import Hook, PseudoLabelMonitor, StepRecord
 from .progress import progress_bar
@@ -72,15 +72,23 @@ def lr_factor(step: int, cfg: Config) -> float:
         return (step + 1) / o.warmup_steps
     if o.schedule == "constant":
         return 1.0
-    if o.schedule_unit == "epoch":  # official code: cosine over epochs, stepped once per epoch
+    unit = o.schedule_unit
+    if unit == "auto":
+        from .fidelity import implied
+
+        unit = implied(cfg, "optim.schedule_unit")
+    if unit == "epoch":  # official code: CosineAnnealingLR(T_max=epochs), stepped once per epoch
         t, span = step // spe, max(1, math.ceil(total / spe))
     else:
         t, span = step - o.warmup_steps, max(1, total - o.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(t, span) / span))
 
 
-def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    """No weight decay on 0-/1-d parameters (biases, norm affines, the cosine-head scale)."""
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float, scope: str = "matrices") -> list[dict]:
+    """Weight decay on every tuned tensor (``scope='all'``, the official code) or not on 0-/1-d parameters
+    (``'matrices'``: biases, norm affines, the cosine-head scale)."""
+    if scope == "all":
+        return [{"params": list(params), "weight_decay": weight_decay}]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -94,7 +102,8 @@ def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int) -
     out = []
     for x in chunks:
         with autocast(device, precision):
-            out.append(model.main(model.features(x.to(device, non_blocking=True))).float().cpu())
+            x = x.to(device, non_blocking=True)
+            out.append(model.main(model.features(x.to(weight_dtype(precision)))).float().cpu())
     return torch.cat(out)
 
 
@@ -169,6 +178,7 @@ class Trainer:
                  resume: bool = False, experiment: Experiment | None = None, progress: bool | None = None,
                  *, overwrite: bool = False):
         _check_arguments(cfg, out_dir, hooks, resume, experiment, progress, overwrite)
+        cfg = cfg.resolved()  # every fidelity item concrete: this is what config.yaml and the checkpoint record
         self.cfg = cfg
         self.out = Path(out_dir).expanduser() if out_dir is not None else None
         self.progress = cfg.run.progress if progress is None else progress
@@ -192,7 +202,7 @@ class Trainer:
             raise UserError(f"hook names must be unique, got {names}; valid: give every hook its own name "
                             "('pseudo_labels' is built in)")
         params = e.model.trainable_parameters()
-        self.optimizer = torch.optim.SGD(param_groups(params, cfg.optim.weight_decay), lr=cfg.optim.lr,
+        self.optimizer = torch.optim.SGD(param_groups(params, cfg.optim.weight_decay, cfg.optim.decay_scope), lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.scaler = grad_scaler(e.device, e.precision)
@@ -301,7 +311,7 @@ class Trainer:
         views = [batch.x] + ([batch.u_weak, batch.u_strong1, batch.u_strong2] if batch.u_weak is not None else [])
         sizes = [len(v) for v in views]
         with autocast(e.device, e.precision):
-            feats = model.features(torch.cat(views)).split(sizes)
+            feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
             u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None
             out = self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
         if not torch.isfinite(out.loss):

@@ -64,10 +64,15 @@ def finessl_cfg(**opts):
     return cfg
 
 
+# finessl_lab's earlier loss semantics (fidelity items 1-4 reverted); the official forms are the defaults and are
+# checked against a re-statement of the official trainer in test_fidelity.py
+LEGACY = dict(strong_views="split", aux_mean="batch", margin_timing="after", pace_write="all")
+
+
 def test_finessl_total_loss_matches_the_method():
     h = heads()
     fx, y, u, idx = batch()
-    alg = build_algorithm(finessl_cfg(), C, 6)
+    alg = build_algorithm(finessl_cfg(**LEGACY), C, 6)
     out = alg.step(h, fx, y, u, idx)
     # by hand: pace from this batch's weak predictions
     p = torch.softmax(h.main(u.weak), 1)
@@ -119,12 +124,12 @@ def test_ablations_change_the_step():
     assert torch.count_nonzero(no_bms.margins) == 0
     no_dls = build_algorithm(finessl_cfg(dls=False), C, 6).step(h, fx, y, u, idx)
     assert torch.equal(no_dls.weight, no_dls.mask) and no_dls.probs_aux is None
-    fixed = build_algorithm(finessl_cfg(dynamic_alpha=False, alpha_base=2.0), C, 6)
+    fixed = build_algorithm(finessl_cfg(dynamic_alpha=False, alpha_base=2.0, **LEGACY), C, 6)
     fixed.step(h, fx, y, u, idx)
     beta = fixed.pace.beta()
     assert torch.allclose(fixed.margins, 2.0 * (1 - beta) / (1 + beta))
-    cons_only = build_algorithm(finessl_cfg(bms_supervised=False), C, 6).step(h, fx, y, u, idx)
-    full_alg = build_algorithm(finessl_cfg(), C, 6)
+    cons_only = build_algorithm(finessl_cfg(bms_supervised=False, **LEGACY), C, 6).step(h, fx, y, u, idx)
+    full_alg = build_algorithm(finessl_cfg(**LEGACY), C, 6)
     full = full_alg.step(h, fx, y, u, idx)
     assert full_alg.margins[y].sum() > 0, "fixture must give some labeled class a margin"
     assert cons_only.logs["loss_x"] < full.logs["loss_x"]  # margins only raise the supervised CE

@@ -93,7 +93,7 @@ def test_learning_pace_incremental_counts_match_a_full_recount():
 
 
 def test_learning_pace_latest_prediction_wins_and_unconfident_clears():
-    pace = LearningPace(3, 2, zeta=0.7)
+    pace = LearningPace(3, 2, zeta=0.7, write="all")  # finessl_lab's earlier form; official: test_fidelity.py
     pace.update(torch.tensor([0, 1]), torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
     assert pace.counts.tolist() == [1, 1]
     pace.update(torch.tensor([0]), torch.tensor([[0.6, 0.4]]))  # below zeta: slot cleared

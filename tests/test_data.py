@@ -39,7 +39,8 @@ from finessl_lab.errors import UserError
 
 def data_cfg(**kw):
     base = dict(dataset="mnist5k", root="", download=False, subsample_per_class=0, image_size=28, resize=32,
-                crop_padding=4, hflip=True, randaugment_ops=2, randaugment_magnitude=10, cutout=0.5)
+                crop_padding=4, hflip=True, randaugment_ops=2, randaugment_magnitude=10, cutout=0.5,
+                strong_aug="randaugment", test_view="center_crop")  # the clean forms; official: test_fidelity.py
     base.update(kw)
     return types.SimpleNamespace(**base)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from finessl_lab.errors import UserError
 from finessl_lab.models import apply_peft, build_backbone, build_model, list_backbones
-from finessl_lab.models.heads import CosineHead, class_mean_prototypes
+from finessl_lab.models.heads import CosineHead, class_mean_prototypes, random_unit_rows
 from finessl_lab.models.peft import ScaleShift, vpt_init_bound
 
 from conftest import TINY_RN, TINY_VIT
@@ -20,7 +20,7 @@ from conftest import TINY_RN, TINY_VIT
 
 def model_cfg(backbone: str = TINY_VIT, pretrained: str = "none", peft: str = "linear", **kw) -> types.SimpleNamespace:
     base = dict(backbone=backbone, pretrained=pretrained, peft=peft, vpt_tokens=5, head_init="random",
-                prompt_template="a photo of a {}.", logit_scale=1 / 0.07, learn_scale=True)
+                prompt_template="a photo of a {}.", logit_scale=1 / 0.07, learn_scale=True, scale_param="log")
     base.update(kw)
     return types.SimpleNamespace(**base)
 
@@ -292,16 +292,16 @@ def test_feature_cache_mode_and_head_inits(tiny):
     x = torch.randn(5, 16)
     assert model.backbone is None and model.features(x) is x
     assert model.num_trainable() == 2 * (3 * 16 + 1)
-    torch.testing.assert_close(model.main.weight, torch.randn(3, 16, generator=g()))
+    torch.testing.assert_close(model.main.weight, random_unit_rows(3, 16, g()))  # official unit-norm init
     feats, labels = torch.randn(6, 16), torch.tensor([0, 1, 2, 0, 1, 2])
-    auto = build_model(model_cfg(head_init="auto"), 3, [], feature_dim=16, labeled_features=feats, labeled_targets=labels)
+    auto = build_model(model_cfg(head_init="prototype"), 3, [], feature_dim=16, labeled_features=feats, labeled_targets=labels)
     torch.testing.assert_close(auto.main.weight, class_mean_prototypes(feats, labels, 3))
     with pytest.raises(UserError, match="text tower"):
         build_model(model_cfg(head_init="text"), 3, ["a", "b", "c"], feature_dim=16)
     with pytest.raises(UserError, match="labeled"):
         build_model(model_cfg(head_init="class_mean"), 3, ["a", "b", "c"], feature_dim=16)
 
-    clip_model = build_model(model_cfg(pretrained=tiny.path, head_init="auto"), 2, ["cat", "dog"])
+    clip_model = build_model(model_cfg(pretrained=tiny.path, head_init="prototype"), 2, ["cat", "dog"])
     torch.testing.assert_close(clip_model.main.weight, clip_model.backbone.text_prototypes(["cat", "dog"], "a photo of a {}."))
 
 

@@ -7,6 +7,7 @@ One training step, given features already computed by the trainer (one backbone 
     pl, mask  = pseudo_label(probs_w), mask(probs_w)
     weight    = weight(probs_w, probs_aux, mask)
     loss      = supervised_loss(x) + unlabeled_loss(u, pl, mask, weight)
+    after_losses(index, probs_w)                       state updates that must not affect this step's losses
 
 An algorithm subclass overrides only what differs. Algorithms know nothing about files, devices or logging;
 their state (``state_dict``) is saved and restored with every checkpoint.
@@ -109,6 +110,10 @@ class Algorithm:
         logs["loss_u"] = loss.item()
         return loss
 
+    def after_losses(self, index: Tensor, probs_w: Tensor) -> None:
+        """See the weak-view predictions again once this step's losses are formed (e.g. the official FineSSL
+        writes its pace slots only here, so a batch's margins come from the pace before it)."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before the first step of every epoch (also after a resume)."""
 
@@ -126,6 +131,7 @@ class Algorithm:
         pl, mask = self.pseudo_label(probs_w), self.mask(probs_w)
         weight = self.weight(probs_w, probs_aux, mask)
         loss = self.supervised_loss(heads, fx, y, logs) + self.unlabeled_loss(heads, u, pl, mask, weight, logs)
+        self.after_losses(u_index, probs_w)
         logs["mask_ratio"] = mask.mean().item()
         logs["weight_mean"] = weight.mean().item()
         return StepOutput(loss, logs, probs_w, probs_aux, pl, mask, weight)

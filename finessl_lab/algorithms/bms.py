@@ -50,19 +50,31 @@ def normalised_pace(counts: Tensor) -> Tensor:
 
 class LearningPace:
     """One slot per unlabeled sample holding its latest confident pseudo-label (-1 if none), as in the official
-    code, with the per-class counts kept incrementally so that an update costs O(batch), not O(dataset)."""
+    code, with the per-class counts kept incrementally so that an update costs O(batch), not O(dataset).
 
-    def __init__(self, num_unlabeled: int, num_classes: int, zeta: float, device=None):
+    ``write="confident"`` (official): only predictions with confidence >= zeta write their slot; an unconfident
+    visit keeps the slot's old label. ``write="all"``: every visit writes, -1 when unconfident."""
+
+    WRITES = ("confident", "all")
+
+    def __init__(self, num_unlabeled: int, num_classes: int, zeta: float, device=None, write: str = "confident"):
         self.zeta = zeta
+        self.write = check_choice("pace write mode", write, self.WRITES)
         self.slots = torch.full((num_unlabeled,), -1, dtype=torch.long, device=device)
         self.counts = torch.zeros(num_classes, dtype=torch.long, device=device)
 
     def update(self, index: Tensor, probs: Tensor) -> None:
         """Record the weak-view predictions ``probs`` [B, C] of unlabeled samples ``index`` [B]."""
         conf, pred = probs.max(dim=1)
-        new = torch.where(conf >= self.zeta, pred, torch.full_like(pred, -1))
+        confident = conf >= self.zeta
+        new = torch.where(confident, pred, torch.full_like(pred, -1))
         index = index.to(self.slots.device)
         new = new.to(self.slots.device)
+        if self.write == "confident":
+            keep = confident.to(self.slots.device)
+            index, new = index[keep], new[keep]
+            if index.numel() == 0:
+                return
         # a sample may appear twice in a batch: its last occurrence wins
         order = torch.sort(index, stable=True).indices
         idx_sorted = index[order]

@@ -1,14 +1,16 @@
 """FineSSL (Gan & Wei, ICML 2024) = Balanced Margin Softmax + Decoupled Label Smoothing + reweighting.
 
 How it differs from the FixMatch template in base.py:
-  1. pace     every weak-view prediction updates the class learning pace sigma (bms.LearningPace)
-  2. margins  m(y) from the pace; added to non-target logits of the main head in the supervised loss and in
-              the consistency loss (bms.balanced_margins / bms.apply_margins)
-  3. weights  EVERY unlabeled sample is used, weighted by psi = max softmax(aux(weak)) instead of a 0/1 mask
-  4. aux head fed detached features, trained with CE on labeled data and smoothed pseudo-labels on strong
-              view 2, masked by the main head's threshold (dls.smoothed_targets)
+  1. margins  m(y) from the class learning pace sigma as it stood BEFORE this batch (bms.balanced_margins),
+              added to non-target logits of the main head in the supervised and consistency losses
+  2. weights  EVERY unlabeled sample is used, weighted by psi = max softmax(aux(weak)) instead of a 0/1 mask
+  3. aux head fed detached features, trained with CE on labeled data and smoothed pseudo-labels
+              (dls.smoothed_targets), averaged over the rows the main head's threshold masks in
+  4. pace     after the losses, confident weak-view predictions write their pace slot (bms.LearningPace)
+Both unlabeled losses read the two strong views concatenated (2U rows, labels and weights repeated).
 Total: L = Lx(main, BMS) + Lx(aux) + gamma * Lu(main, BMS, psi) + Lu(aux, smoothed, mask).
-Every ablation of the paper's Table 6 is an option below.
+The official code's forms are the defaults; each earlier finessl_lab form is a named option (README "Fidelity"),
+and every ablation of the paper's Table 6 is an option below.
 """
 from __future__ import annotations
 
@@ -34,6 +36,16 @@ class FineSSLOptions:
     margin_form: str = opt("code", choices=("code", "paper"), help="BMS margin: code (1-b)/(1+b) or paper 1-b")
     smoothing_form: str = opt("code", choices=("code", "paper"), help="DLS targets: code s/(C-1) or paper s/C")
     pace_reset_each_epoch: bool = opt(True, help="clear the per-sample pace slots every epoch (official)")
+    # loss semantics (README "Fidelity" items 1-4): official forms by default
+    strong_views: str = opt("both", choices=("both", "split"),
+                            help="both = both unlabeled losses read the 2 strong views concatenated (official); "
+                                 "split = main loss on view 1, aux loss on view 2")
+    aux_mean: str = opt("masked", choices=("masked", "batch"),
+                        help="aux smoothed loss averaged over masked rows (official) or over the whole batch")
+    margin_timing: str = opt("before", choices=("before", "after"),
+                             help="margins from the pace before the batch (official) or after adding it")
+    pace_write: str = opt("confident", choices=("confident", "all"),
+                          help="only confident predictions write a pace slot (official), or every visit (-1 if not)")
     # ablations (paper Table 6)
     bms: bool = opt(True, help="ablation: False = no Balanced Margin Softmax")
     dynamic_alpha: bool = opt(True, help="ablation: False = fixed alpha_base instead of alpha_t")
@@ -51,7 +63,7 @@ class FineSSL(Algorithm):
     def __init__(self, cfg, num_classes, num_unlabeled, device=None):
         super().__init__(cfg, num_classes, num_unlabeled, device)
         self.opts: FineSSLOptions = cfg.finessl
-        self.pace = LearningPace(num_unlabeled, num_classes, self.opts.zeta, device)
+        self.pace = LearningPace(num_unlabeled, num_classes, self.opts.zeta, device, write=self.opts.pace_write)
         self.margins = torch.zeros(num_classes, device=device)
 
     @property
@@ -61,10 +73,18 @@ class FineSSL(Algorithm):
     def _aux_in(self, f: Tensor) -> Tensor:
         return f.detach() if self.opts.detach_aux else f
 
-    # 1. pace -> 2. margins
+    # 1. margins (from the pace before the batch) ... 4. pace update after the losses
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
-        self.pace.update(index, probs_w)
-        beta = self.pace.beta().to(probs_w.device)
+        if self.opts.margin_timing == "after":
+            self.pace.update(index, probs_w)
+        self._set_margins(probs_w.device)
+
+    def after_losses(self, index: Tensor, probs_w: Tensor) -> None:
+        if self.opts.margin_timing == "before":
+            self.pace.update(index, probs_w)
+
+    def _set_margins(self, device) -> None:
+        beta = self.pace.beta().to(device)
         if not self.opts.bms or self.pace.counts.max() == 0:
             self.margins = torch.zeros_like(beta)
         elif self.opts.dynamic_alpha:
@@ -102,18 +122,31 @@ class FineSSL(Algorithm):
             loss = loss + aux
         return loss
 
+    def _views(self, u: UnlabeledViews, which: int) -> Tensor:
+        """The strong-view rows a loss reads: both views stacked (official) or view ``which`` alone."""
+        return torch.cat(list(u.strong[:2])) if self.opts.strong_views == "both" else u.strong[which]
+
+    def _repeat(self, t: Tensor) -> Tensor:
+        return torch.cat([t, t]) if self.opts.strong_views == "both" else t
+
     def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
                        logs: dict) -> Tensor:
-        logits = apply_margins(heads.main(u.strong[0]).float(), pl, self.margins)
+        pl2, mask2, weight2 = self._repeat(pl), self._repeat(mask), self._repeat(weight)
+        logits = apply_margins(heads.main(self._views(u, 0)).float(), pl2, self.margins)
         if self.opts.smoothing_on_main:
-            per_sample = soft_cross_entropy(logits, self._smooth(pl))
+            per_sample = soft_cross_entropy(logits, self._smooth(pl2))
         else:
-            per_sample = F.cross_entropy(logits, pl, reduction="none")
-        loss = self.opts.gamma * (per_sample * weight).mean()
+            per_sample = F.cross_entropy(logits, pl2, reduction="none")
+        loss = self.opts.gamma * (per_sample * weight2).mean()
         logs["loss_u"] = loss.item()
         logs["alpha_t"] = float(self.margins.max())
         if self.uses_aux:
-            aux = (soft_cross_entropy(heads.aux(self._aux_in(u.strong[1])), self._smooth(pl)) * mask).mean()
+            per = soft_cross_entropy(heads.aux(self._aux_in(self._views(u, 1))), self._smooth(pl2))
+            if self.opts.aux_mean == "batch":
+                aux = (per * mask2).mean()
+            else:  # official: mean over the masked rows only, 0 when none is masked
+                keep = mask2 > 0
+                aux = per[keep].mean() if bool(keep.any()) else per.sum() * 0.0
             logs["loss_u_aux"] = aux.item()
             loss = loss + aux
         return loss

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .sampling import LABELED, UNLABELED, VIEWS, step_positions, step_rng
+from .sampling import LABELED, UNLABELED, VIEWS, replay_positions, replayed_step, step_positions, step_rng
 from .transforms import seeded, view_seed
 
 
@@ -44,9 +44,21 @@ class SplitView:
     batch_size: int
     unlabeled_batch: int      # 0 = the algorithm uses no unlabeled data
     seed: int
+    labeled_stream: str = "fresh"   # "replay" = the official cycle(DataLoader) quirk (sampling.replayed_step)
+    steps_per_epoch: int = 0
+
+    def labeled_step(self, step: int) -> int:
+        """The step whose labeled batch and views ``step`` shows (itself, except in the replayed stream)."""
+        if self.labeled_stream != "replay":
+            return step
+        return replayed_step(step, self.steps_per_epoch, len(self.labeled), self.batch_size)
 
     def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        lab = self.labeled[step_positions(len(self.labeled), self.batch_size, step, self.seed, LABELED)]
+        if self.labeled_stream == "replay":
+            lab = self.labeled[replay_positions(len(self.labeled), self.batch_size, step, self.steps_per_epoch,
+                                                self.seed)]
+        else:
+            lab = self.labeled[step_positions(len(self.labeled), self.batch_size, step, self.seed, LABELED)]
         if not self.unlabeled_batch:
             return lab, np.empty(0, dtype=np.int64)
         pos = step_positions(len(self.unlabeled), self.unlabeled_batch, step, self.seed, UNLABELED)
@@ -72,7 +84,7 @@ class ImageBatches(torch.utils.data.Dataset):
         step = self.first + k
         lab, pos = self.split.draw(step)
         y = torch.as_tensor(self.split.targets[lab], dtype=torch.long)
-        batch = Batch(x=self._views(self.t.weak, lab, 10, step), y=y)
+        batch = Batch(x=self._views(self.t.weak, lab, 10, self.split.labeled_step(step)), y=y)
         if len(pos):
             uidx = self.split.unlabeled[pos]
             batch.u_weak = self._views(self.t.weak, uidx, 11, step)
@@ -100,7 +112,11 @@ class FeatureBatches:
         lab, pos = self.split.draw(step)
         rng = step_rng(self.split.seed, VIEWS, step)
         y = torch.as_tensor(self.split.targets[lab], dtype=torch.long, device=self.device)
-        batch = Batch(x=self._gather(self.weak, lab, rng.integers(self.k, size=len(lab))), y=y)
+        lab_views = rng.integers(self.k, size=len(lab))  # drawn first, so a replayed step can redraw them
+        key = self.split.labeled_step(step)
+        if key != step:
+            lab_views = step_rng(self.split.seed, VIEWS, key).integers(self.k, size=len(lab))
+        batch = Batch(x=self._gather(self.weak, lab, lab_views), y=y)
         if len(pos):
             uidx = self.split.unlabeled[pos]
             vw, v1 = rng.integers(self.k, size=len(uidx)), rng.integers(self.k, size=len(uidx))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-LABELED, UNLABELED, VIEWS = 0, 1, 2  # independent random streams
+LABELED, UNLABELED, VIEWS, LABELED_REPLAY = 0, 1, 2, 3  # independent random streams
 
 
 def pass_permutation(n: int, seed: int, stream: int, pass_no: int) -> np.ndarray:
@@ -31,3 +31,31 @@ def step_positions(n: int, batch: int, step: int, seed: int, stream: int) -> np.
 
 def step_rng(seed: int, stream: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, step, 0x5EED])
+
+
+def replayed_step(step: int, steps_per_epoch: int, n: int, batch: int) -> int:
+    """The step whose labeled batch the official stream shows at ``step``.
+
+    The official code wraps a DataLoader(shuffle=True, drop_last=True) in ``itertools.cycle`` and rebuilds it every
+    epoch; ``cycle`` stores the first pass and replays it, so for the rest of the epoch the same ``n // batch``
+    batches come back in the same order, with the same augmentation. Step ``e * steps_per_epoch + j`` therefore
+    shows the batch (and views) of step ``e * steps_per_epoch + j mod (n // batch)``: a quirk of the official
+    code, reproduced by ``data.labeled_stream=replay``."""
+    per_pass = n // batch
+    if per_pass < 1:
+        from ..errors import UserError
+
+        raise UserError(f"data.labeled_stream=replay drops the last incomplete batch (as the official DataLoader does), "
+                        f"but the {n} labeled images are fewer than optim.batch_size={batch}; valid: batch_size <= {n}, "
+                        "or data.labeled_stream=fresh")
+    epoch, j = divmod(step, steps_per_epoch)
+    return epoch * steps_per_epoch + j % per_pass
+
+
+def replay_positions(n: int, batch: int, step: int, steps_per_epoch: int, seed: int,
+                     stream: int = LABELED_REPLAY) -> np.ndarray:
+    """Positions of the labeled batch at ``step`` under the official replayed stream: batch ``j mod (n // batch)``
+    of the epoch's own seeded permutation (drop_last: the last ``n mod batch`` images sit out the epoch)."""
+    epoch, j = divmod(replayed_step(step, steps_per_epoch, n, batch), steps_per_epoch)
+    perm = pass_permutation(n, seed, stream, epoch)  # one shuffle per epoch, as the rebuilt DataLoader
+    return perm[j * batch:(j + 1) * batch]

@@ -9,6 +9,9 @@ Every split is built per class from one seeded permutation of that class's indic
 * unlabeled = every training index except val (``include_labeled_in_unlabeled=True``, the official
   FineSSL behaviour) or except labeled and val.
 
+``order="first"`` replaces the permutation by the class's indices in dataset order: the official FineSSL split (the
+first N indices of each class, the same for every seed).
+
 All arrays are sorted int64 indices into the training set. :func:`make_split` gives the same ``N`` for every
 class; :func:`make_longtail_split` and :func:`make_openset_split` build on the same per-class core.
 """
@@ -27,6 +30,7 @@ from ..errors import UserError
 from ..io import write_json
 
 SPLIT_FORMAT = 1
+SPLIT_ORDERS = ("seeded", "first")
 
 
 @dataclass
@@ -65,11 +69,13 @@ def _check_targets(targets: Any, num_classes: int) -> np.ndarray:
 
 def split_by_counts(targets: Any, num_classes: int, labeled_counts: Sequence[int], *,
                     val_counts: Sequence[int] | None = None, unlabeled_counts: Sequence[int] | None = None,
-                    include_labeled_in_unlabeled: bool = True, seed: int = 0) -> Split:
+                    include_labeled_in_unlabeled: bool = True, seed: int = 0, order: str = "seeded") -> Split:
     """The per-class core. ``labeled_counts[c]`` labeled and ``val_counts[c]`` validation images of class c;
     ``unlabeled_counts[c]`` (None = all the rest) caps the unlabeled images of class c, taken from the
     permutation after the labeled ones. Classes with zero labeled images are allowed here (open-set)."""
     t = _check_targets(targets, num_classes)
+    if order not in SPLIT_ORDERS:
+        raise UserError(f"split order {order!r} is not valid; valid: {', '.join(SPLIT_ORDERS)}")
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise UserError(f"seed={seed!r} must be a non-negative integer")
     nl = np.asarray(labeled_counts, dtype=np.int64).reshape(-1)
@@ -87,7 +93,7 @@ def split_by_counts(targets: Any, num_classes: int, labeled_counts: Sequence[int
                 f"class {c} has {len(idx)} training images, too few for {nl[c]} labeled + {nv[c]} validation images; "
                 f"the maximum valid labels_per_class for it is {max(len(idx) - nv[c], 0)}"
                 + (" (lower val_per_class)" if nv[c] else ""))
-        perm = idx[np.random.default_rng([int(seed), c]).permutation(len(idx))]
+        perm = idx if order == "first" else idx[np.random.default_rng([int(seed), c]).permutation(len(idx))]
         lab, rest = perm[: nl[c]], perm[nl[c]: len(idx) - nv[c]]
         val.append(perm[len(idx) - nv[c]:])
         if unlabeled_counts is not None:
@@ -102,7 +108,7 @@ def split_by_counts(targets: Any, num_classes: int, labeled_counts: Sequence[int
 
 
 def make_split(targets: np.ndarray, num_classes: int, labels_per_class: int, *, val_per_class: int = 0,
-               include_labeled_in_unlabeled: bool = True, seed: int = 0) -> Split:
+               include_labeled_in_unlabeled: bool = True, seed: int = 0, order: str = "seeded") -> Split:
     """``labels_per_class`` labeled and ``val_per_class`` validation images of every class (see module doc)."""
     if isinstance(labels_per_class, bool) or int(labels_per_class) != labels_per_class or labels_per_class <= 0:
         raise UserError(f"labels_per_class={labels_per_class!r} must be a positive integer")
@@ -110,7 +116,7 @@ def make_split(targets: np.ndarray, num_classes: int, labels_per_class: int, *, 
         raise UserError(f"val_per_class={val_per_class!r} must be a non-negative integer")
     return split_by_counts(targets, num_classes, [int(labels_per_class)] * num_classes,
                            val_counts=[int(val_per_class)] * num_classes,
-                           include_labeled_in_unlabeled=include_labeled_in_unlabeled, seed=seed)
+                           include_labeled_in_unlabeled=include_labeled_in_unlabeled, seed=seed, order=order)
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> list[int]:
@@ -181,7 +187,8 @@ def _check_cache_root(cache_root: Path) -> Path:
 
 
 def cached_split(cache_root: Path, dataset_key: str, targets: Any, num_classes: int, labels_per_class: int, *,
-                 val_per_class: int = 0, include_labeled_in_unlabeled: bool = True, seed: int = 0) -> Split:
+                 val_per_class: int = 0, include_labeled_in_unlabeled: bool = True, seed: int = 0,
+                 order: str = "seeded") -> Split:
     """:func:`make_split`, stored as JSON at ``cache_root/splits/<dataset_key>-<params hash>.json``.
 
     A cached file is used only if its parameters and the targets' fingerprint match; otherwise the split is
@@ -190,6 +197,8 @@ def cached_split(cache_root: Path, dataset_key: str, targets: Any, num_classes: 
               "num_classes": int(num_classes), "labels_per_class": int(labels_per_class),
               "val_per_class": int(val_per_class), "include_labeled_in_unlabeled": bool(include_labeled_in_unlabeled),
               "seed": int(seed)}
+    if order != "seeded":  # added only when set, so existing cache files keep their names
+        params["order"] = str(order)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     path = _check_cache_root(cache_root) / "splits" / f"{_safe(str(dataset_key))}-{digest}.json"
     fingerprint = targets_fingerprint(targets)
@@ -203,6 +212,6 @@ def cached_split(cache_root: Path, dataset_key: str, targets: Any, num_classes: 
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # missing or unreadable: recompute
     split = make_split(targets, num_classes, labels_per_class, val_per_class=val_per_class,
-                       include_labeled_in_unlabeled=include_labeled_in_unlabeled, seed=seed)
+                       include_labeled_in_unlabeled=include_labeled_in_unlabeled, seed=seed, order=order)
     write_json(path, {"params": params, "targets": fingerprint, "split": split.to_dict()})
     return split

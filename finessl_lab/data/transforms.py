@@ -1,8 +1,12 @@
 """Weak / strong / test views (FixMatch-style), with every random draw taken from torch's RNG.
 
 weak   = Resize(resize) -> RandomCrop(image_size, padding, reflect) -> [RandomHorizontalFlip] -> ToTensor -> Normalize
-strong = weak's geometric part -> RandAugment(ops, magnitude) -> [Cutout] -> ToTensor -> Normalize
-test   = Resize(resize) -> CenterCrop(image_size) -> ToTensor -> Normalize
+strong = weak's geometric part -> strong ops -> ToTensor -> Normalize, the strong ops being
+           strong_aug=randaugment_mc  the official FixMatch RandAugmentMC(ops, magnitude) + a fixed 16 px cutout
+           strong_aug=randaugment     torchvision RandAugment(ops, magnitude) + [Cutout of random side <= cutout]
+test   = test_view=resize       Resize((image_size, image_size)) of the whole image (official)
+         test_view=center_crop  Resize(resize) -> CenterCrop(image_size)
+         -> ToTensor -> Normalize
 
 :func:`seeded` runs any transform with the RNGs forked and seeded, so a view is a pure function of
 (image, seed); :func:`view_seed` derives such seeds from (seed, stream, step, index).
@@ -20,6 +24,7 @@ from PIL import Image, ImageDraw
 from torchvision import transforms as T
 
 from ..errors import UserError
+from .randaugment_mc import RandAugmentMC
 
 Transform = Callable[[Image.Image], torch.Tensor]
 CUTOUT_FILL = 127
@@ -61,9 +66,14 @@ class ViewTransforms:
     test: Transform
 
 
+STRONG_AUGS = ("randaugment_mc", "randaugment")
+TEST_VIEWS = ("resize", "center_crop")
+
+
 def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float]) -> ViewTransforms:
     """Views for a DataConfig-like ``cfg`` (image_size, resize, crop_padding, hflip, randaugment_ops,
-    randaugment_magnitude, cutout) normalised with ``mean``/``std``."""
+    randaugment_magnitude, cutout, strong_aug, test_view) normalised with ``mean``/``std``. ``strong_aug`` and
+    ``test_view`` left at 'auto' (or absent) take the official forms, the default fidelity's."""
     size, resize = int(cfg.image_size), int(cfg.resize)
     if resize < size:
         raise UserError(f"data.resize={resize} must be >= data.image_size={size} (resize first, then crop)")
@@ -71,17 +81,31 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float]) -> V
     geometric: list[Any] = [T.Resize(resize), T.RandomCrop(size, padding=pad or None, padding_mode="reflect")]
     if cfg.hflip:
         geometric.append(T.RandomHorizontalFlip())
+    strong_aug = _item(cfg, "strong_aug", STRONG_AUGS, "randaugment_mc")
+    test_view = _item(cfg, "test_view", TEST_VIEWS, "resize")
     strong_ops: list[Any] = []
-    if int(cfg.randaugment_ops) > 0:
-        strong_ops.append(T.RandAugment(num_ops=int(cfg.randaugment_ops), magnitude=int(cfg.randaugment_magnitude)))
-    if float(cfg.cutout) > 0:
-        strong_ops.append(Cutout(float(cfg.cutout)))
+    if strong_aug == "randaugment_mc":
+        strong_ops.append(RandAugmentMC(int(cfg.randaugment_ops), int(cfg.randaugment_magnitude)))
+    else:
+        if int(cfg.randaugment_ops) > 0:
+            strong_ops.append(T.RandAugment(num_ops=int(cfg.randaugment_ops), magnitude=int(cfg.randaugment_magnitude)))
+        if float(cfg.cutout) > 0:
+            strong_ops.append(Cutout(float(cfg.cutout)))
     tail = [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    test = [T.Resize((size, size))] if test_view == "resize" else [T.Resize(resize), T.CenterCrop(size)]
     return ViewTransforms(
         weak=T.Compose(geometric + tail),
         strong=T.Compose(geometric + strong_ops + tail),
-        test=T.Compose([T.Resize(resize), T.CenterCrop(size)] + tail),
+        test=T.Compose(test + tail),
     )
+
+
+def _item(cfg: Any, name: str, valid: Sequence[str], official: str) -> str:
+    value = getattr(cfg, name, "auto")
+    value = official if value == "auto" else value
+    if value not in valid:
+        raise UserError(f"data.{name}={value!r} is not valid; valid: auto, {', '.join(valid)}")
+    return value
 
 
 def seeded(transform: Callable[[Any], Any], img: Any, seed: int) -> Any:

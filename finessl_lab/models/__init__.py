@@ -17,13 +17,13 @@ from torch import Tensor, nn
 
 from ..errors import UserError, check_choice
 from .backbones import Backbone, build_backbone, list_backbones
-from .heads import CosineHead, class_mean_prototypes
+from .heads import CosineHead, class_mean_prototypes, random_unit_rows
 from .peft import PEFTS, PEFTS_BY_FAMILY, apply_peft
 
 __all__ = ["Backbone", "CosineHead", "PEFTS", "PEFTS_BY_FAMILY", "SSLModel", "apply_peft", "build_backbone",
            "build_model", "class_mean_prototypes", "list_backbones"]
 
-HEAD_INITS = ("auto", "text", "class_mean", "random")
+HEAD_INITS = ("auto", "random", "text", "class_mean", "prototype")
 
 
 class SSLModel(nn.Module):
@@ -84,7 +84,9 @@ def _initial_prototypes(cfg: Any, backbone: Backbone | None, classnames: list[st
                         generator: torch.Generator | None, text_prototypes: Tensor | None) -> Tensor:
     how = check_choice("model.head_init", str(cfg.head_init), HEAD_INITS)
     has_text = text_prototypes is not None or (backbone is not None and backbone.has_text)
-    if how == "auto":
+    if how == "auto":  # an unresolved config: the default fidelity (official) starts both heads at random
+        how = "random"
+    if how == "prototype":
         how = "text" if has_text else ("class_mean" if labeled_features is not None else "random")
     if how == "text":
         if text_prototypes is not None:
@@ -101,7 +103,7 @@ def _initial_prototypes(cfg: Any, backbone: Backbone | None, classnames: list[st
             raise UserError("model.head_init='class_mean' needs the labeled images' features; "
                             "use model.head_init=random or a backbone with a text tower")
         return class_mean_prototypes(labeled_features, labeled_targets, num_classes)
-    return torch.randn(num_classes, dim, generator=generator)
+    return random_unit_rows(num_classes, dim, generator)
 
 
 def build_model(cfg_model: Any, num_classes: int, classnames: list[str], feature_dim: int | None = None,
@@ -116,8 +118,9 @@ def build_model(cfg_model: Any, num_classes: int, classnames: list[str], feature
 
     Head init (``cfg_model.head_init``): 'text' (backbone text tower, or precomputed ``text_prototypes`` [C, D],
     e.g. cached in feature-cache mode), 'class_mean' (``labeled_features`` [N, D] / ``labeled_targets`` [N]),
-    'random' (normal, from ``generator``), 'auto' = text if available, else class_mean if labeled features are
-    given, else random. ``generator`` also seeds the VPT prompt init. The aux head is a deep copy of the main head.
+    'random' (official: unit-norm uniform rows from ``generator``), 'prototype' = text if available, else
+    class_mean if labeled features are given, else random; 'auto' (a config not resolved by
+    ``Config.resolved()``) = random, the default fidelity's choice. ``generator`` also seeds the VPT prompt init. The aux head is a deep copy of the main head.
     """
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
@@ -130,7 +133,10 @@ def build_model(cfg_model: Any, num_classes: int, classnames: list[str], feature
     if backbone is not None and feature_dim is not None and int(feature_dim) != backbone.feature_dim:
         raise UserError(f"feature_dim {feature_dim} does not match backbone {backbone.name!r} ({backbone.feature_dim})")
     dim = backbone.feature_dim if backbone is not None else int(feature_dim)
-    main = CosineHead(dim, num_classes, scale=float(cfg_model.logit_scale), learn_scale=bool(cfg_model.learn_scale))
+    scale_param = getattr(cfg_model, "scale_param", "auto")
+    scale_param = "direct" if scale_param == "auto" else scale_param  # unresolved: the official form
+    main = CosineHead(dim, num_classes, scale=float(cfg_model.logit_scale), learn_scale=bool(cfg_model.learn_scale),
+                      scale_param=scale_param)
     main.init_weight(_initial_prototypes(cfg_model, backbone, list(classnames or []), num_classes, dim,
                                          labeled_features, labeled_targets, generator, text_prototypes))
     if backbone is not None:

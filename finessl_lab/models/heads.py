@@ -1,8 +1,12 @@
 """Cosine classifier heads and class-mean prototypes.
 
-``logits = s * normalize(f) @ normalize(W).T``. The scale ``s`` is stored as ``log_scale`` (a parameter when
-learnable, a buffer otherwise) and exponentiated in ``forward``. The head always computes in fp32 with autocast
-disabled, so a bf16/fp16 autocast region never degrades the softmax that follows.
+``logits = s * normalize(f) @ normalize(W).T``. The scale ``s`` is parametrised either directly as
+``logit_scale`` (``scale_param="direct"``, the official code: SGD and weight decay act on s itself) or as
+``log_scale`` (``"log"``: exponentiated in ``forward``; a step on log s moves s by a factor, ~200x larger steps at
+s = 14.3 than the direct form). Either is a parameter when learnable, a buffer otherwise. The head always computes
+in fp32 with autocast disabled, so a bf16/fp16 autocast region never degrades the softmax that follows.
+
+:func:`random_unit_rows` is the official random init: rows uniform(-1, 1) renormalised to unit norm.
 """
 from __future__ import annotations
 
@@ -18,25 +22,31 @@ from ..errors import UserError
 class CosineHead(nn.Module):
     """A cosine-similarity classifier with a (learnable) temperature-like scale."""
 
-    def __init__(self, in_dim: int, num_classes: int, scale: float = 1 / 0.07, learn_scale: bool = True):
+    SCALE_PARAMS = ("log", "direct")
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 1 / 0.07, learn_scale: bool = True,
+                 scale_param: str = "log"):
         super().__init__()
+        if scale_param not in self.SCALE_PARAMS:
+            raise UserError(f"scale_param={scale_param!r} is not valid; valid: {', '.join(self.SCALE_PARAMS)}")
         if in_dim < 1 or num_classes < 1:
             raise UserError(f"a cosine head needs in_dim >= 1 and num_classes >= 1, got {in_dim} and {num_classes}")
         if not scale > 0:
             raise UserError(f"cosine-head scale must be > 0, got {scale}")
         self.in_dim, self.num_classes, self.learn_scale = int(in_dim), int(num_classes), bool(learn_scale)
+        self.scale_param = scale_param
         # Deterministic placeholder init that leaves the global RNG alone; build_model overwrites it.
-        init = torch.randn(num_classes, in_dim, generator=torch.Generator().manual_seed(0))
-        self.weight = nn.Parameter(init)
-        log_scale = torch.tensor(math.log(scale), dtype=torch.float32)
+        self.weight = nn.Parameter(random_unit_rows(num_classes, in_dim, torch.Generator().manual_seed(0)))
+        name = "log_scale" if scale_param == "log" else "logit_scale"
+        value = torch.tensor(math.log(scale) if scale_param == "log" else float(scale), dtype=torch.float32)
         if learn_scale:
-            self.log_scale = nn.Parameter(log_scale)
+            setattr(self, name, nn.Parameter(value))
         else:
-            self.register_buffer("log_scale", log_scale)
+            self.register_buffer(name, value)
 
     @property
     def scale(self) -> Tensor:
-        return self.log_scale.float().exp()
+        return self.log_scale.float().exp() if self.scale_param == "log" else self.logit_scale.float()
 
     @torch.no_grad()
     def init_weight(self, weight: Tensor) -> None:
@@ -55,7 +65,16 @@ class CosineHead(nn.Module):
             return self.scale * (f @ w.t())
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, num_classes={self.num_classes}, learn_scale={self.learn_scale}"
+        return (f"in_dim={self.in_dim}, num_classes={self.num_classes}, learn_scale={self.learn_scale}, "
+                f"scale_param={self.scale_param}")
+
+
+def random_unit_rows(num_classes: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
+    """The official random head init: entries uniform(-1, 1), each row renormalised to unit L2 norm
+    (the official ``uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5)``). Unit rows matter for a cosine head: the
+    gradient on W is divided by |W|, so rows of norm ~sqrt(dim) would learn ~|W|^2 times slower."""
+    w = torch.rand(num_classes, dim, generator=generator) * 2 - 1
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def class_mean_prototypes(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
