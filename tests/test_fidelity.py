@@ -252,6 +252,17 @@ def test_item10_labeled_stream_replays_the_epochs_first_pass():
     feats = torch.randn(3, 200, 2)
     src = FeatureBatches(feats, feats, view, "cpu")
     assert torch.equal(src[0].x, src[4].x) and not torch.equal(src[0].u_weak, src[4].u_weak)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(200)]
+
+    class D:
+        image_size, resize, crop_padding, hflip, randaugment_ops, randaugment_magnitude, cutout = 6, 8, 2, True, 2, 10, 0.5
+        strong_aug, test_view = "auto", "auto"
+
+    from finessl_lab.data.batches import ImageBatches
+
+    img = ImageBatches(images, view, build_transforms(D, (0, 0, 0), (1, 1, 1)), 0, 6)
+    assert torch.equal(img[0].x, img[2].x) and torch.equal(img[1].x, img[5].x)  # same images, same augmentation
     fresh = SplitView(**{**view.__dict__, "labeled_stream": "fresh"})
     assert tuple(fresh.draw(0)[0]) != tuple(fresh.draw(2)[0]) or tuple(fresh.draw(0)[0]) != tuple(fresh.draw(4)[0])
     with pytest.raises(UserError, match="fewer than optim.batch_size=16"):
@@ -396,3 +407,36 @@ def test_cli_fidelity_flag():
         build_parser().parse_args(["train", "--fidelity", "paper"])
     with pytest.raises(UserError, match="fidelity"):
         resolve("embedded", sets=["fidelity=paper"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16_pure needs CUDA")
+def test_item15_fp16_pure_on_cuda_updates_half_weights_without_a_scaler():
+    from finessl_lab.device import autocast, grad_scaler, weight_dtype
+
+    dev = torch.device("cuda")
+    assert resolve_precision("fp16_pure", dev) == "fp16_pure" and weight_dtype("fp16_pure") == torch.float16
+    assert not grad_scaler(dev, "fp16_pure").is_enabled()
+    head = CosineHead(8, 3, scale_param="direct").to(dev, torch.float16)
+    opt = torch.optim.SGD(param_groups(list(head.parameters()), 5e-4, "all"), lr=0.03, momentum=0.9)
+    with autocast(dev, "fp16_pure"):
+        loss = F.cross_entropy(head(torch.randn(4, 8, device=dev, dtype=torch.float16)), torch.tensor([0, 1, 2, 0], device=dev))
+    loss.backward()
+    before = head.weight.detach().clone()
+    opt.step()
+    assert head.weight.dtype == torch.float16 and not torch.equal(before, head.weight)
+
+
+def test_run_records_fidelity_and_implied_items_and_resumes(tmp_path):
+    from finessl_lab.trainer import Trainer, train
+
+    small = ["data.subsample_per_class=20", "run.epochs=1", "run.steps_per_epoch=5", "run.progress=false",
+             "data.num_workers=0", "fidelity=clean", "optim.decay_scope=all"]
+    cfg = resolve("embedded", sets=small)
+    train(cfg, tmp_path / "run")
+    stored = Config.from_yaml(tmp_path / "run" / "config.yaml")
+    assert stored.fidelity == "clean" and stored.optim.decay_scope == "all"
+    assert all(get_dotted(stored, k) != "auto" for k in ITEMS)
+    assert stored.data.strong_aug == "randaugment" and stored.model.scale_param == "log"
+    Trainer(resolve("embedded", sets=small), tmp_path / "run", resume=True)  # the preset + sets still match
+    with pytest.raises(UserError, match="fidelity: 'clean' -> 'official'"):
+        Trainer(resolve("embedded", sets=small[:-2] + ["fidelity=official", "optim.decay_scope=all"]), tmp_path / "run", resume=True)

@@ -464,7 +464,8 @@ def test_skip_policy_skips_and_counts_nan_and_inf_steps(tmp_path):
 def test_cli_nan_loss_exits_2_with_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--preset", "embedded", "--out", str(run), "--no-progress"] + sum(
-        [["--set", s] for s in SMALL + ["run.checkpoint_every=1", "optim.lr=1e6"]], [])
+        [["--set", s] for s in SMALL + ["run.checkpoint_every=1", "optim.lr=1e6",
+                                        "model.scale_param=log"]], [])  # exp(log s) overflows at step 2
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(
