@@ -54,7 +54,7 @@ class Experiment:
 
 
 def transform_description(cfg: Config, mean, std) -> dict:
-    d = cfg.data
+    d = cfg.resolved().data  # 'auto' items as the fidelity implies: the cache key names the real views
     desc = {"image_size": d.image_size, "resize": d.resize, "crop_padding": d.crop_padding, "hflip": d.hflip,
             "ra_ops": d.randaugment_ops, "ra_mag": d.randaugment_magnitude, "cutout": d.cutout,
             "mean": list(mean), "std": list(std)}
@@ -107,6 +107,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                      batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
                      seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
                      steps_per_epoch=cfg.run.steps_per_epoch)
+    view.labeled_step(0)  # a replayed stream with fewer labeled images than one batch fails here, not mid-run
     backbone = build_backbone(cfg.model)
     mean, std = (backbone.mean, backbone.std) if cfg.data.normalize == "backbone" else \
         resolve_normalization(cfg.data.normalize, cfg.data.dataset)
