@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from .algorithms.finessl import FineSSLOptions
+from .algorithms.baseline_options import (DebiasPLOptions, FlexMatchOptions, FreeMatchOptions, PseudoLabelOptions,
+                                           SoftMatchOptions)
 from .errors import UserError, short_repr, suggest
 from .options import describe_range, in_range, opt
 
@@ -71,6 +73,11 @@ class AlgorithmConfig:
     threshold: float = opt(0.7, lo=0.0, hi=1.0, help="confidence threshold for pseudo-label masks (paper: 0.7 for all)")
     unlabeled_weight: float = opt(1.0, lo=0.0, help="weight of the unlabeled loss of the baselines")
     finessl: FineSSLOptions = field(default_factory=FineSSLOptions)
+    pseudolabel: PseudoLabelOptions = field(default_factory=PseudoLabelOptions)
+    flexmatch: FlexMatchOptions = field(default_factory=FlexMatchOptions)
+    freematch: FreeMatchOptions = field(default_factory=FreeMatchOptions)
+    softmatch: SoftMatchOptions = field(default_factory=SoftMatchOptions)
+    debiaspl: DebiasPLOptions = field(default_factory=DebiasPLOptions)
 
 
 @dataclass

@@ -1,0 +1,8 @@
+"""The baselines' option dataclasses, gathered for ``config.py`` (each is declared next to its algorithm)."""
+from .debiaspl import DebiasPLOptions
+from .flexmatch import FlexMatchOptions
+from .freematch import FreeMatchOptions
+from .pseudolabel import PseudoLabelOptions
+from .softmatch import SoftMatchOptions
+
+__all__ = ["DebiasPLOptions", "FlexMatchOptions", "FreeMatchOptions", "PseudoLabelOptions", "SoftMatchOptions"]
