@@ -47,6 +47,7 @@ class Experiment:
     batches: Callable[[int, int], Iterable[Batch]]   # (first_step, total_steps) -> batches in step order
     eval_sets: dict[str, EvalSet] = field(default_factory=dict)
     feature_path: Path | None = None
+    unlabeled_eval: EvalSet | None = None   # the unlabeled set, clean view, in unlabeled-index order (FPL/IFPL/GRIP)
 
     @property
     def num_classes(self) -> int:
@@ -123,7 +124,8 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
         evals = {"test": EvalSet(feats["test"].float().to(device), torch.as_tensor(bundle.test.targets))}
         if len(split.val):
             evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
-        return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, path)
+        unl = EvalSet(clean[split.unlabeled].to(device), torch.as_tensor(targets[split.unlabeled]))
+        return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, path, unl)
 
     apply_peft(backbone, cfg.model, generator=torch.Generator().manual_seed(cfg.run.seed))
     backbone.to(device)
@@ -150,4 +152,5 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     evals = {"test": image_eval(bundle.test)}
     if len(split.val):
         evals["val"] = image_eval(bundle.train.subset(split.val))
-    return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None)
+    unl = image_eval(bundle.train.subset(split.unlabeled)) if uses_unlabeled else None
+    return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None, unl)

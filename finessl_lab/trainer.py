@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import io
-from .algorithms import REGISTRY, Heads, UnlabeledViews, build_algorithm
+from .algorithms import REGISTRY, Heads, RoundContext, UnlabeledViews, build_algorithm
 from .build import EvalSet, Experiment, build_experiment
 from .config import Config, describe_diff, diff
 from .device import autocast, grad_scaler
@@ -196,6 +196,7 @@ class Trainer:
                                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.scaler = grad_scaler(e.device, e.precision)
+        self._initial = e.model.trainable_state_dict() if self.algorithm.needs_initial_state else None
         self.step = 0
         self.rows: list[dict] = []
         self.accum: dict[str, float] = {}
@@ -329,6 +330,26 @@ class Trainer:
                           out.probs_main, out.probs_aux, out.pseudo_label, out.mask, out.weight,
                           batch.u_true, batch.u_ood)
 
+    # -- rounds (FPL / IFPL / GRIP) --------------------------------------------------------------------------
+    def _round_context(self) -> RoundContext:
+        e = self.exp
+
+        def predict_unlabeled() -> Tensor:
+            if e.unlabeled_eval is None:
+                raise UserError(f"algorithm {self.cfg.algorithm.name!r} needs the unlabeled set, which this "
+                                "experiment was built without")
+            e.model.eval()
+            logits = predict(e.model, e.unlabeled_eval, e.device, e.precision, self.cfg.run.eval_batch_size)
+            return torch.softmax(logits, dim=1)
+
+        def reset_parameters() -> None:
+            if self._initial is None:
+                raise RuntimeError("reset_parameters needs algorithm.needs_initial_state = True")
+            e.model.load_trainable_state_dict(self._initial)
+            self.optimizer.state.clear()
+
+        return RoundContext(predict_unlabeled, reset_parameters)
+
     # -- evaluation & bookkeeping ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         e = self.exp
@@ -403,6 +424,7 @@ class Trainer:
                 for batch in self.exp.batches(self.step, total):
                     if self.step % spe == 0:
                         self.algorithm.on_epoch_start(self.step // spe)
+                        self.algorithm.on_round_start(self.step // spe, self._round_context())
                     self.exp.model.train()
                     record = self._train_step(batch)
                     if record is not None:

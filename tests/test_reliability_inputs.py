@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 import torch
 
+from finessl_lab.algorithms import REGISTRY
 from finessl_lab.cli import main
 from finessl_lab.compare import compare
 from finessl_lab.config import Config
@@ -113,7 +114,7 @@ def unknown_dataset(c):
 def unknown_algorithm(c):
     return Case(c.train_args("--algorithm", "fixmach"),
                 lambda: train(assign(small_cfg(), "algorithm.name", "fixmach"), c.out),
-                "unknown algorithm 'fixmach' (did you mean 'fixmatch'?); valid: finessl, fixmatch, supervised")
+                "unknown algorithm 'fixmach' (did you mean 'fixmatch'?); valid: " + ", ".join(sorted(REGISTRY)))
 
 
 @case

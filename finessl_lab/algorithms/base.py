@@ -14,7 +14,7 @@ their state (``state_dict``) is saved and restored with every checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,18 @@ class StepOutput:
     pseudo_label: Tensor | None = None
     mask: Tensor | None = None
     weight: Tensor | None = None
+
+
+@dataclass
+class RoundContext:
+    """What the trainer offers :meth:`Algorithm.on_round_start` (both lazy: nothing runs unless called).
+
+    predict_unlabeled()  main-head probabilities [N_u, C] (fp32, CPU) of the whole unlabeled set, clean view,
+                         in unlabeled-index order (``u_index`` of the batches)
+    reset_parameters()   trainable parameters back to their values at the start of training, optimiser
+                         momentum cleared (only for algorithms whose ``needs_initial_state`` is true)"""
+    predict_unlabeled: Callable[[], Tensor]
+    reset_parameters: Callable[[], None]
 
 
 def probs(logits: Tensor) -> Tensor:
@@ -111,6 +123,12 @@ class Algorithm:
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before the first step of every epoch (also after a resume)."""
+
+    needs_initial_state: ClassVar[bool] = False  # true: the trainer keeps the initial parameters for a reset
+
+    def on_round_start(self, epoch: int, ctx: RoundContext) -> None:
+        """Called by the trainer right after :meth:`on_epoch_start`; for algorithms that pseudo-label the whole
+        unlabeled set between rounds (FPL, IFPL, GRIP). No-op by default."""
 
     # -- the step ---------------------------------------------------------------------------------------
     def step(self, heads: Heads, fx: Tensor, y: Tensor, u: UnlabeledViews | None = None,

@@ -1,8 +1,9 @@
 """The baselines' option dataclasses, gathered for ``config.py`` (each is declared next to its algorithm)."""
+from .clip_pseudolabel import FPLOptions, GRIPOptions, IFPLOptions
 from .debiaspl import DebiasPLOptions
 from .flexmatch import FlexMatchOptions
 from .freematch import FreeMatchOptions
 from .pseudolabel import PseudoLabelOptions
 from .softmatch import SoftMatchOptions
 
-__all__ = ["DebiasPLOptions", "FlexMatchOptions", "FreeMatchOptions", "PseudoLabelOptions", "SoftMatchOptions"]
+__all__ = ["DebiasPLOptions", "FPLOptions", "GRIPOptions", "IFPLOptions", "FlexMatchOptions", "FreeMatchOptions", "PseudoLabelOptions", "SoftMatchOptions"]
