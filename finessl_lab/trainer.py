@@ -87,14 +87,15 @@ def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
 
 
 @torch.no_grad()
-def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int) -> Tensor:
-    """Main-head logits (fp32, CPU) for an evaluation set."""
+def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int, head=None) -> Tensor:
+    """Main-head logits (or ``head(features)``'s) (fp32, CPU) for an evaluation set."""
+    head = model.main if head is None else head
     inputs = eval_set.inputs
     chunks = inputs.split(batch_size) if isinstance(inputs, Tensor) else inputs
     out = []
     for x in chunks:
         with autocast(device, precision):
-            out.append(model.main(model.features(x.to(device, non_blocking=True))).float().cpu())
+            out.append(head(model.features(x.to(device, non_blocking=True))).float().cpu())
     return torch.cat(out)
 
 
@@ -339,7 +340,8 @@ class Trainer:
                 raise UserError(f"algorithm {self.cfg.algorithm.name!r} needs the unlabeled set, which this "
                                 "experiment was built without")
             e.model.eval()
-            logits = predict(e.model, e.unlabeled_eval, e.device, e.precision, self.cfg.run.eval_batch_size)
+            logits = predict(e.model, e.unlabeled_eval, e.device, e.precision, self.cfg.run.eval_batch_size,
+                             self._eval_head())
             return torch.softmax(logits, dim=1)
 
         def reset_parameters() -> None:
@@ -353,8 +355,13 @@ class Trainer:
     # -- evaluation & bookkeeping ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         e = self.exp
-        return {f"{name}_top1": top1(predict(e.model, s, e.device, e.precision, self.cfg.run.eval_batch_size),
-                                     s.targets) for name, s in e.eval_sets.items()}
+        return {f"{name}_top1": top1(predict(e.model, s, e.device, e.precision, self.cfg.run.eval_batch_size,
+                                             self._eval_head()), s.targets) for name, s in e.eval_sets.items()}
+
+    def _eval_head(self):
+        """The algorithm's evaluation logits (``Algorithm.eval_logits``; the main head for all but ULFine)."""
+        heads = Heads(self.exp.model.main, self.exp.model.aux)
+        return lambda f: self.algorithm.eval_logits(heads, f)
 
     def _end_epoch(self, epoch: int) -> dict:
         n = self.accum.pop("_n", 0.0)

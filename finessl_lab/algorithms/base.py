@@ -124,6 +124,11 @@ class Algorithm:
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before the first step of every epoch (also after a resume)."""
 
+    def eval_logits(self, heads: Heads, features: Tensor) -> Tensor:
+        """Logits of the evaluation / whole-unlabeled-set predictions: the main head unless an algorithm fuses
+        heads (ULFine)."""
+        return heads.main(features)
+
     needs_initial_state: ClassVar[bool] = False  # true: the trainer keeps the initial parameters for a reset
 
     def on_round_start(self, epoch: int, ctx: RoundContext) -> None:

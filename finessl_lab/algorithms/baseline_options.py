@@ -5,5 +5,6 @@ from .flexmatch import FlexMatchOptions
 from .freematch import FreeMatchOptions
 from .pseudolabel import PseudoLabelOptions
 from .softmatch import SoftMatchOptions
+from .ulfine import ULFineOptions
 
-__all__ = ["DebiasPLOptions", "FPLOptions", "GRIPOptions", "IFPLOptions", "FlexMatchOptions", "FreeMatchOptions", "PseudoLabelOptions", "SoftMatchOptions"]
+__all__ = ["DebiasPLOptions", "FPLOptions", "GRIPOptions", "IFPLOptions", "FlexMatchOptions", "FreeMatchOptions", "PseudoLabelOptions", "SoftMatchOptions", "ULFineOptions"]
