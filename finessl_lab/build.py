@@ -82,6 +82,13 @@ def check_labels_fit(cfg: Config, bundle: DatasetBundle) -> None:
                     f"holds ({have} training images{where}{extra}); valid: 1 <= labels_per_class <= {have - d.val_per_class}")
 
 
+def _needs_unlabeled_pass(cfg: Config) -> bool:
+    """Only algorithms that override ``on_round_start`` (FPL, IFPL, GRIP) predict the whole unlabeled set."""
+    from .algorithms import REGISTRY, Algorithm
+
+    return REGISTRY[cfg.algorithm.name].on_round_start is not Algorithm.on_round_start
+
+
 def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = True) -> Experiment:
     cfg.validate()
     check_model_config(cfg.model)  # names and weights paths fail fast, before data or weights are loaded
@@ -124,7 +131,8 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
         evals = {"test": EvalSet(feats["test"].float().to(device), torch.as_tensor(bundle.test.targets))}
         if len(split.val):
             evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
-        unl = EvalSet(clean[split.unlabeled].to(device), torch.as_tensor(targets[split.unlabeled]))
+        unl = (EvalSet(clean[split.unlabeled], torch.as_tensor(targets[split.unlabeled]))  # CPU; predict moves chunks
+               if _needs_unlabeled_pass(cfg) else None)
         return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, path, unl)
 
     apply_peft(backbone, cfg.model, generator=torch.Generator().manual_seed(cfg.run.seed))
@@ -152,5 +160,5 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     evals = {"test": image_eval(bundle.test)}
     if len(split.val):
         evals["val"] = image_eval(bundle.train.subset(split.val))
-    unl = image_eval(bundle.train.subset(split.unlabeled)) if uses_unlabeled else None
+    unl = image_eval(bundle.train.subset(split.unlabeled)) if _needs_unlabeled_pass(cfg) else None
     return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None, unl)
