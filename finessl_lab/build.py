@@ -49,6 +49,7 @@ class Experiment:
     feature_path: Path | None = None
     transforms: object = None            # the data transforms (test / weak / strong), for analysis views
     features: dict | None = None         # feature-cache mode: the cached features (train_clean, test, weak, strong)
+    unlabeled_eval: EvalSet | None = None   # the unlabeled set, clean view, in unlabeled-index order (FPL/IFPL/GRIP)
     initial_state: dict = field(init=False, repr=False)  # the model's trainable weights as built (fresh heads)
 
     def __post_init__(self):
@@ -98,6 +99,13 @@ def check_labels_fit(cfg: Config, bundle: DatasetBundle) -> None:
                     f"holds ({have} training images{where}{extra}); valid: 1 <= labels_per_class <= {have - d.val_per_class}")
 
 
+def _needs_unlabeled_pass(cfg: Config) -> bool:
+    """Only algorithms that override ``on_round_start`` (FPL, IFPL, GRIP) predict the whole unlabeled set."""
+    from .algorithms import REGISTRY, Algorithm
+
+    return REGISTRY[cfg.algorithm.name].on_round_start is not Algorithm.on_round_start
+
+
 def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = True) -> Experiment:
     cfg = cfg.validate().resolved()  # fidelity items left at 'auto' take the values `cfg.fidelity` implies
     check_model_config(cfg.model)  # names and weights paths fail fast, before data or weights are loaded
@@ -143,8 +151,10 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
         evals = {"test": EvalSet(feats["test"].float().to(device), torch.as_tensor(bundle.test.targets))}
         if len(split.val):
             evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
+        unl = (EvalSet(clean[split.unlabeled], torch.as_tensor(targets[split.unlabeled]))  # CPU; predict moves chunks
+               if _needs_unlabeled_pass(cfg) else None)
         return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, path,
-                          transforms=transforms, features=feats)
+                          transforms=transforms, features=feats, unlabeled_eval=unl)
 
     apply_peft(backbone, cfg.model, generator=torch.Generator().manual_seed(cfg.run.seed))
     backbone.to(device)
@@ -171,5 +181,6 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     evals = {"test": image_eval(bundle.test)}
     if len(split.val):
         evals["val"] = image_eval(bundle.train.subset(split.val))
+    unl = image_eval(bundle.train.subset(split.unlabeled)) if _needs_unlabeled_pass(cfg) else None
     return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None,
-                      transforms=transforms)
+                      transforms=transforms, unlabeled_eval=unl)

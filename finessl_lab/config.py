@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from .algorithms.finessl import FineSSLOptions
+from .algorithms.baseline_options import (DebiasPLOptions, FlexMatchOptions, FPLOptions, FreeMatchOptions, GRIPOptions,
+                                           IFPLOptions, PseudoLabelOptions, SoftMatchOptions, ULFineOptions)
 from .errors import UserError, short_repr, suggest
 from .options import describe_range, in_range, opt
 
@@ -82,10 +84,19 @@ class ModelConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = opt("finessl", help="registered algorithm: supervised, fixmatch, finessl, ...")
+    name: str = opt("finessl", help="registered algorithm: supervised, pseudolabel, fixmatch, flexmatch, freematch, softmatch, debiaspl, finessl, fpl, ifpl, grip, ulfine")
     threshold: float = opt(0.7, lo=0.0, hi=1.0, help="confidence threshold for pseudo-label masks (paper: 0.7 for all)")
     unlabeled_weight: float = opt(1.0, lo=0.0, help="weight of the unlabeled loss of the baselines")
     finessl: FineSSLOptions = field(default_factory=FineSSLOptions)
+    pseudolabel: PseudoLabelOptions = field(default_factory=PseudoLabelOptions)
+    flexmatch: FlexMatchOptions = field(default_factory=FlexMatchOptions)
+    freematch: FreeMatchOptions = field(default_factory=FreeMatchOptions)
+    softmatch: SoftMatchOptions = field(default_factory=SoftMatchOptions)
+    debiaspl: DebiasPLOptions = field(default_factory=DebiasPLOptions)
+    fpl: FPLOptions = field(default_factory=FPLOptions)
+    ifpl: IFPLOptions = field(default_factory=IFPLOptions)
+    grip: GRIPOptions = field(default_factory=GRIPOptions)
+    ulfine: ULFineOptions = field(default_factory=ULFineOptions)
 
 
 @dataclass

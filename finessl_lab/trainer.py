@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import io
-from .algorithms import REGISTRY, Heads, UnlabeledViews, build_algorithm
+from .algorithms import REGISTRY, Heads, RoundContext, UnlabeledViews, build_algorithm
 from .build import EvalSet, Experiment, build_experiment
 from .config import Config, describe_diff, diff
 from .device import autocast, grad_scaler, weight_dtype
@@ -99,29 +99,35 @@ HEADS = ("main", "aux")
 
 
 @torch.no_grad()
-def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int, head: str = "main") -> Tensor:
-    """Logits (fp32, CPU) of the ``head`` ('main' or 'aux') for an evaluation set: a feature tensor
-    (feature-cache mode) or a DataLoader of images (image mode). Puts the model in eval mode."""
+def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int, head="main") -> Tensor:
+    """Logits (fp32, CPU) of ``head`` for an evaluation set: a feature tensor (feature-cache mode) or a DataLoader
+    of images (image mode). ``head`` is 'main', 'aux' or a callable features -> logits (e.g. an algorithm's
+    ``eval_logits``). Puts the model in eval mode."""
+    if callable(head):
+        return predict_features(model, eval_set, device, precision, batch_size, heads={"logits": head})["logits"]
     if head not in HEADS:
-        raise UserError(f"head={head!r} is not valid; valid: {', '.join(HEADS)}")
+        raise UserError(f"head={head!r} is not valid; valid: {', '.join(HEADS)} or a callable features -> logits")
     return predict_features(model, eval_set, device, precision, batch_size, heads=(head,))[head]
 
 
 @torch.no_grad()
 def predict_features(model, eval_set: EvalSet, device, precision: str, batch_size: int,
-                     heads: tuple[str, ...] = ("main",)) -> dict[str, Tensor]:
-    """One backbone pass over an evaluation set: {head: logits (fp32, CPU)} for each of ``heads``, plus
-    {"features": [N, D] fp32 CPU} if "features" is in ``heads``. Puts the model in eval mode."""
+                     heads: tuple[str, ...] | dict = ("main",)) -> dict[str, Tensor]:
+    """One backbone pass over an evaluation set: {head: logits (fp32, CPU)} for each of ``heads`` ('main', 'aux',
+    or "features" for the [N, D] features themselves), or for each (name, callable features -> logits) of a
+    ``heads`` dict. Puts the model in eval mode."""
     model.eval()
+    fns = heads if isinstance(heads, dict) else \
+        {h: (lambda f: f) if h == "features" else getattr(model, h) for h in heads}
     inputs = eval_set.inputs
     chunks = inputs.split(batch_size) if isinstance(inputs, Tensor) else inputs
-    out: dict[str, list] = {h: [] for h in heads}
+    out: dict[str, list] = {h: [] for h in fns}
     for x in chunks:
         with autocast(device, precision):
             x = x.to(device, non_blocking=True)
             f = model.features(x.to(weight_dtype(precision)))
-            for h in heads:
-                out[h].append((f if h == "features" else getattr(model, h)(f)).float().cpu())
+            for h, fn in fns.items():
+                out[h].append(fn(f).float().cpu())
     return {h: torch.cat(v) for h, v in out.items()}
 
 
@@ -390,13 +396,37 @@ class Trainer:
                           out.probs_main, out.probs_aux, out.pseudo_label, out.mask, out.weight,
                           batch.u_true, batch.u_ood)
 
+    # -- rounds (FPL / IFPL / GRIP) --------------------------------------------------------------------------
+    def _round_context(self) -> RoundContext:
+        e = self.exp
+
+        def predict_unlabeled() -> Tensor:
+            if e.unlabeled_eval is None:
+                raise UserError(f"algorithm {self.cfg.algorithm.name!r} needs the unlabeled set, which this "
+                                "experiment was built without")
+            e.model.eval()
+            logits = predict(e.model, e.unlabeled_eval, e.device, e.precision, self.cfg.run.eval_batch_size,
+                             self._eval_head())
+            return torch.softmax(logits, dim=1)
+
+        def reset_parameters() -> None:
+            e.reset_model()
+            self.optimizer.state.clear()
+
+        return RoundContext(predict_unlabeled, reset_parameters)
+
     # -- evaluation & bookkeeping ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Top-1 of the main head on every evaluation set; the logits stay in ``self.eval_logits`` for hooks."""
         e = self.exp
-        self.eval_logits = {name: predict(e.model, s, e.device, e.precision, self.cfg.run.eval_batch_size)
-                            for name, s in e.eval_sets.items()}
+        self.eval_logits = {name: predict(e.model, s, e.device, e.precision, self.cfg.run.eval_batch_size,
+                                          self._eval_head()) for name, s in e.eval_sets.items()}
         return {f"{name}_top1": top1(self.eval_logits[name], s.targets) for name, s in e.eval_sets.items()}
+
+    def _eval_head(self):
+        """The algorithm's evaluation logits (``Algorithm.eval_logits``; the main head for all but ULFine)."""
+        heads = Heads(self.exp.model.main, self.exp.model.aux)
+        return lambda f: self.algorithm.eval_logits(heads, f)
 
     def _end_epoch(self, epoch: int) -> dict:
         n = self.accum.pop("_n", 0.0)
@@ -488,6 +518,7 @@ class Trainer:
                 for batch in self.exp.batches(self.step, total):
                     if self.step % spe == 0:
                         self.algorithm.on_epoch_start(self.step // spe)
+                        self.algorithm.on_round_start(self.step // spe, self._round_context())
                     self.exp.model.train()
                     record = self._train_step(batch)
                     if record is not None:

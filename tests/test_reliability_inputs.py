@@ -9,16 +9,17 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
+from finessl_lab.algorithms import REGISTRY
 from finessl_lab.cli import main
 from finessl_lab.compare import compare
-from finessl_lab.config import Config
+from finessl_lab.config import AlgorithmConfig, Config
 from finessl_lab.errors import UserError
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Trainer, train
@@ -113,7 +114,7 @@ def unknown_dataset(c):
 def unknown_algorithm(c):
     return Case(c.train_args("--algorithm", "fixmach"),
                 lambda: train(assign(small_cfg(), "algorithm.name", "fixmach"), c.out),
-                "unknown algorithm 'fixmach' (did you mean 'fixmatch'?); valid: finessl, fixmatch, supervised")
+                "unknown algorithm 'fixmach' (did you mean 'fixmatch'?); valid: " + ", ".join(sorted(REGISTRY)))
 
 
 @case
@@ -355,8 +356,8 @@ def resume_and_overwrite_together(c):
 @case
 def unknown_config_key(c):
     return Case(c.train_args(*sets("algorithm.treshold=0.5")), lambda: small_cfg().set("algorithm.treshold", 0.5),
-                "unknown config key 'algorithm.treshold' (did you mean 'threshold'?); valid keys here: finessl, name, "
-                "threshold, unlabeled_weight")
+                "unknown config key 'algorithm.treshold' (did you mean 'threshold'?); valid keys here: "
+                + ", ".join(sorted(f.name for f in fields(AlgorithmConfig))))
 
 
 @case
@@ -508,7 +509,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "finessl_lab" in err
     assert err.strip().splitlines()[-1] == ("error: unknown algorithm 'fixmach' (did you mean 'fixmatch'?); valid: "
-                                            "finessl, fixmatch, supervised")
+                                            + ", ".join(sorted(REGISTRY)))
     assert not (tmp_path / "o").exists()
 
 

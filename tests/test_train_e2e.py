@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from finessl_lab import io
+from finessl_lab.algorithms import REGISTRY
 from finessl_lab.cli import main
 from finessl_lab.hooks import Hook
 from finessl_lab.presets import resolve
@@ -86,7 +87,7 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     bad = tmp_path / "bad"
     assert main(["train", "--preset", "embedded", "--algorithm", "fixmach", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown algorithm 'fixmach' (did you mean 'fixmatch'?); valid: finessl, fixmatch, supervised"
+    assert err == "error: unknown algorithm 'fixmach' (did you mean 'fixmatch'?); valid: " + ", ".join(sorted(REGISTRY))
     assert not bad.exists()
 
 

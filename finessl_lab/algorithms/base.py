@@ -15,7 +15,7 @@ their state (``state_dict``) is saved and restored with every checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,18 @@ class StepOutput:
     pseudo_label: Tensor | None = None
     mask: Tensor | None = None
     weight: Tensor | None = None
+
+
+@dataclass
+class RoundContext:
+    """What the trainer offers :meth:`Algorithm.on_round_start` (both lazy: nothing runs unless called).
+
+    predict_unlabeled()  main-head probabilities [N_u, C] (fp32, CPU) of the whole unlabeled set, clean view,
+                         in unlabeled-index order (``u_index`` of the batches)
+    reset_parameters()   trainable parameters back to their values at the start of training, optimiser
+                         momentum cleared (only for algorithms whose ``needs_initial_state`` is true)"""
+    predict_unlabeled: Callable[[], Tensor]
+    reset_parameters: Callable[[], None]
 
 
 def probs(logits: Tensor) -> Tensor:
@@ -116,6 +128,17 @@ class Algorithm:
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the trainer before the first step of every epoch (also after a resume)."""
+
+    def eval_logits(self, heads: Heads, features: Tensor) -> Tensor:
+        """Logits of the evaluation / whole-unlabeled-set predictions: the main head unless an algorithm fuses
+        heads (ULFine)."""
+        return heads.main(features)
+
+    needs_initial_state: ClassVar[bool] = False  # true: each round starts from the initial parameters (Experiment.reset_model)
+
+    def on_round_start(self, epoch: int, ctx: RoundContext) -> None:
+        """Called by the trainer right after :meth:`on_epoch_start`; for algorithms that pseudo-label the whole
+        unlabeled set between rounds (FPL, IFPL, GRIP). No-op by default."""
 
     # -- the step ---------------------------------------------------------------------------------------
     def step(self, heads: Heads, fx: Tensor, y: Tensor, u: UnlabeledViews | None = None,
