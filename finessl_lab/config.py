@@ -27,8 +27,9 @@ from .algorithms.finessl import FineSSLOptions
 from .errors import UserError, short_repr, suggest
 from .options import describe_range, in_range, opt
 
-DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves")
-PEFTS = ("vpt_deep", "vpt_shallow", "bn", "bitfit", "ssf", "linear")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves", "fashion_mnist")
+PEFTS = ("vpt_deep", "vpt_shallow", "vpt_last", "lora", "adapter", "adaptformer", "bn", "bitfit", "ssf", "last_k",
+         "full", "linear")
 
 
 @dataclass
@@ -50,6 +51,15 @@ class DataConfig:
     normalize: str = opt("backbone", choices=("backbone", "clip", "cifar", "imagenet", "inception"),
                          help="input normalisation; 'backbone' = the backbone's own, 'cifar' = official FineSSL")
     num_workers: int = opt(2, lo=0, hi=64, help="DataLoader worker processes (image mode)")
+    # SSL settings beyond balanced (data/settings.py): long-tailed (Table 9) and open-set (Fig. 4)
+    setting: str = opt("balanced", choices=("balanced", "longtail", "openset"),
+                       help="balanced, longtail (labels_per_class = N_1 of the head class) or openset")
+    imbalance_labeled: float = opt(10.0, lo=1.0, help="longtail: rho of the labeled set, N_k = N_1 * rho^(-k/(K-1))")
+    imbalance_unlabeled: float = opt(0.0, lo=0.0, help="longtail: rho of the unlabeled set (0 = imbalance_labeled)")
+    unlabeled_distribution: str = opt("consistent", choices=("consistent", "uniform", "reversed"),
+                                      help="longtail: unlabeled class distribution relative to the labeled one")
+    unlabeled_per_class: int = opt(0, lo=0, help="longtail: M_1, unlabeled images of the largest class (0 = as many as fit)")
+    seen_classes: int = opt(0, lo=0, help="openset: the first K classes are seen (labeled); the rest are unlabeled OOD")
 
 
 @dataclass
@@ -58,6 +68,12 @@ class ModelConfig:
     pretrained: str = opt("openai", help="open_clip hub tag, a local weights file, 'embedded', or 'none' (random init: a test fixture only)")
     peft: str = opt("vpt_deep", choices=PEFTS, help="parameter-efficient fine-tuning method")
     vpt_tokens: int = opt(50, lo=1, hi=1000, help="VPT prompt tokens (per layer for vpt_deep)")
+    lora_rank: int = opt(16, lo=1, hi=4096, help="LoRA rank r (on q and v)")
+    lora_alpha: float = opt(16.0, lo=0.0, lo_open=True, help="LoRA scale = alpha / r")
+    adapter_dim: int = opt(8, lo=1, hi=4096, help="Adapter / AdaptFormer bottleneck width")
+    adaptformer_scale: float = opt(0.1, lo=0.0, help="AdaptFormer output scale s")
+    tune_blocks: int = opt(1, lo=1, hi=1000, help="last_k: number of last blocks (ViT resblocks / CNN stages) tuned")
+    lp_steps: int = opt(0, lo=0, help="LP-FT: steps of linear probing (backbone frozen) before the PEFT parameters train")
     head_init: str = opt("auto", choices=("auto", "text", "class_mean", "random"),
                          help="cosine-head init; auto = text prototypes if the backbone has a text tower else class means")
     prompt_template: str = opt("a photo of a {}.", help="text prompt for text-initialised heads")
