@@ -57,6 +57,14 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def blocks(self) -> list[nn.Module]:
+        """The image tower's blocks, bottom to top (what ``model.tune_blocks`` / last_k counts)."""
+        raise NotImplementedError
+
+    def post_block_parameters(self) -> list[nn.Parameter]:
+        """Parameters used after the last block (tuned with last_k), e.g. a ViT's final LayerNorm."""
+        return []
+
     def text_prototypes(self, classnames: list[str], template: str) -> Tensor:
         raise UserError(f"backbone {self.name!r} has no text tower, so heads cannot be initialised from text; "
                         "use model.head_init=class_mean or random, or a CLIP backbone")
@@ -116,6 +124,7 @@ class ClipViTBackbone(OpenClipBackbone):
         super().__init__(name, identity, "vit", clip, feature_dim=v.ln_post.normalized_shape[-1])
         self.register_parameter("prompts", None)
         self.vpt_deep = False
+        self.vpt_mode = "none"  # deep / shallow / last (peft/vpt.py)
 
     @property
     def width(self) -> int:
@@ -129,16 +138,29 @@ class ClipViTBackbone(OpenClipBackbone):
     def patch_size(self) -> tuple[int, int]:
         return tuple(self.visual.patch_size)
 
-    def set_prompts(self, prompts: nn.Parameter, deep: bool) -> None:
-        expected = (self.num_layers if deep else 1, prompts.shape[1], self.width)
+    def blocks(self) -> list[nn.Module]:
+        return list(self.visual.transformer.resblocks)
+
+    def post_block_parameters(self) -> list[nn.Parameter]:
+        return list(self.visual.ln_post.parameters())
+
+    def set_prompts(self, prompts: nn.Parameter, deep: bool, mode: str | None = None) -> None:
+        mode = mode or ("deep" if deep else "shallow")
+        expected = (self.num_layers if mode == "deep" else 1, prompts.shape[1], self.width)
         if tuple(prompts.shape) != expected:
             raise ValueError(f"prompts have shape {tuple(prompts.shape)}, expected {expected}")
-        self.prompts, self.vpt_deep = prompts, deep
+        self.prompts, self.vpt_deep, self.vpt_mode = prompts, mode == "deep", mode
 
     def _with_prompts(self, x: Tensor, layer: int, n_base: int) -> Tensor:
-        if self.prompts is None or (layer > 0 and not self.vpt_deep):
+        if self.prompts is None:
             return x
-        p = self.prompts[layer].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        if self.vpt_mode == "deep":
+            p = self.prompts[layer]
+        elif (self.vpt_mode == "shallow" and layer == 0) or (self.vpt_mode == "last" and layer == self.num_layers - 1):
+            p = self.prompts[0]
+        else:
+            return x
+        p = p.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
         return torch.cat([x[:, :n_base], p], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -165,6 +187,11 @@ class ClipResNetBackbone(OpenClipBackbone):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.visual(x.to(self.visual.conv1.weight.dtype))
+
+    def blocks(self) -> list[nn.Module]:
+        """The Bottlenecks of layer1..layer4, then the attention pool."""
+        v = self.visual
+        return [b for layer in (v.layer1, v.layer2, v.layer3, v.layer4) for b in layer] + [v.attnpool]
 
 
 def _open_clip_family(name: str) -> str | None:
@@ -244,6 +271,27 @@ class EfficientNetBackbone(Backbone):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def blocks(self) -> list[nn.Module]:
+        """Units, bottom to top: stem (conv_stem + bn1), the 16 inverted-residual blocks, head (conv_head + bn2).
+        (Sequential wrappers built on each call around the net's own modules: nothing is registered twice.)"""
+        n = self.net
+        return [nn.Sequential(n.conv_stem, n.bn1), *[b for stage in n.blocks for b in stage],
+                nn.Sequential(n.conv_head, n.bn2)]
+
+    def activations_below(self, x: Tensor, k: int) -> Tensor:
+        """The input of the last ``k`` units (what the partial feature cache stores); k = 0 -> pooled features."""
+        units = self.blocks()
+        for u in units[: len(units) - k]:
+            x = u(x)
+        return self.net.forward_head(x) if k == 0 else x
+
+    def forward_top(self, a: Tensor, k: int) -> Tensor:
+        """Features from ``activations_below(x, k)``: the last ``k`` units, then global pooling."""
+        units = self.blocks()
+        for u in units[len(units) - k:]:
+            a = u(a)
+        return self.net.forward_head(a)
 
 
 def _embedded_efficientnet_path() -> str:
