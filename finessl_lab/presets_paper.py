@@ -73,6 +73,11 @@ def paper_presets(paper: Callable[..., dict], embedded: dict) -> dict[str, dict]
         if model["peft"] == "full":
             o["optim"] = {"lr": 0.001}  # full fine-tuning needs a much smaller lr (assumed)
         _add(out, f"table10_cifar100_n4_{name}", _merge(c100, o), f"Table 10: CIFAR-100 N4, CLIP ViT-B/16, {line}")
+    # Table 11: ImageNet-21k ViT-B/16 (timm; weights downloaded from the Hugging Face hub, or a local file)
+    for ds, n in (("cifar100", 4), ("cifar100", 25), ("cifar10", 4)):
+        _add(out, f"table11_{ds}_n{n}_in21k_vit",
+             _merge(paper(ds, n), {"model": {"backbone": "timm:vit_base_patch16_224.augreg_in21k", "pretrained": "hub"}}),
+             f"Table 11: {ds} N{n}, ImageNet-21k ViT-B/16 (timm augreg_in21k), VPT-deep 50; heads from class means")
     # Fig. 1: VPT vs FFT vs LP across label regimes (the from-scratch WideResNet baseline is not a preset)
     for n in (4, 25, 100):
         for name, model in (("vpt", {"peft": "vpt_deep"}), ("fft", {"peft": "full"}), ("lp", {"peft": "linear"})):
@@ -102,4 +107,8 @@ def paper_presets(paper: Callable[..., dict], embedded: dict) -> dict[str, dict]
          "offline Fig. 4: open-set MNIST-5k, digits 0-4 seen (N4), 5-9 unlabeled OOD; seen-digit accuracy")
     _add(out, "embedded_fashion_n4", _merge(embedded, {"data": {"dataset": "fashion_mnist", "subsample_per_class": 500}}),
          "offline: Fashion-MNIST (Debian dataset-fashion-mnist), first 500 train images per class, N4, full 10k test set")
+    _add(out, "fig1_embedded_scratch_cnn", _merge(embedded, {
+        "model": {"backbone": "scratch_cnn", "pretrained": "none", "peft": "full", "head_init": "random"},
+        "run": {"feature_cache": False}, "data": {"num_workers": 0}}),
+        "offline Fig. 1: a small CNN trained from scratch on the MNIST-5k images (image mode), N4")
     return out

@@ -58,7 +58,7 @@ def trainable_names(module: nn.Module) -> set[str]:
 
 def test_list_backbones_has_defaults_and_no_timm_towers(tiny):
     names = list_backbones()
-    assert names[0] == "efficientnet_lite0" and {"ViT-B-16", "RN50", TINY_VIT} <= set(names)
+    assert names[:2] == ["efficientnet_lite0", "scratch_cnn"] and {"ViT-B-16", "RN50", TINY_VIT} <= set(names)
     assert "ViT-B-16-SigLIP" not in names  # timm image tower: unsupported, so not listed
 
 

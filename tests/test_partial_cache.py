@@ -56,3 +56,23 @@ def test_embedded_bn_tuning_from_partial_cache_trains(tmp_path):
     after = dict(model.backbone.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert summary["steps"] == 4 and summary["trainable_params"] == model.num_trainable()
+
+
+def test_scratch_cnn_baseline_trains_every_parameter_in_image_mode(tmp_path):
+    from finessl_lab.errors import UserError
+    from finessl_lab.presets import resolve
+    from finessl_lab.trainer import Trainer
+
+    cfg = resolve("fig1_embedded_scratch_cnn", sets=["data.subsample_per_class=4", "data.labels_per_class=2",
+                                                     "run.max_steps=2", "run.progress=false", "optim.mu=1",
+                                                     "optim.batch_size=4", "data.image_size=32", "data.resize=32"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    bb = trainer.exp.model.backbone
+    assert bb.name == "scratch_cnn" and all(p.requires_grad for p in bb.parameters())
+    first = bb.net[0][0].weight.detach().clone()
+    trainer.fit()
+    assert not torch.equal(first, bb.net[0][0].weight)
+    from finessl_lab.models.checks import check_model_config
+
+    with pytest.raises(UserError, match="trained from scratch"):
+        check_model_config(resolve("fig1_embedded_scratch_cnn", sets=["model.peft=linear"]).model)

@@ -163,3 +163,20 @@ def test_lp_ft_probes_first_then_tunes(tiny_clip_configs):
     assert int(sd["lp_steps_done"]) == 3
     model.load_trainable_state_dict({**sd, "lp_steps_done": torch.tensor(1)})
     assert int(model.lp_steps_done) == 1
+
+
+@pytest.mark.parametrize("peft", ["vpt_deep", "lora", "adaptformer", "last_k"])
+def test_timm_vit_backbone_and_pefts(peft):
+    """A timm ViT (random init, a fixture) through model.backbone=timm:<name>: same features as timm's own
+    pre-logits forward, and the PEFTs act on it like on the open_clip ViT."""
+    bb = build_backbone(cfg("timm:vit_tiny_patch16_224", "linear"))
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = bb.net.forward_head(bb.net.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(bb(x), ref)
+    bb.peft = None
+    params = apply_peft(bb, cfg("timm:vit_tiny_patch16_224", peft), generator=torch.Generator().manual_seed(0))
+    assert trainable(bb) == {n for n, p in bb.named_parameters() if any(p is q for q in params)}
+    if peft == "lora":
+        assert len(params) == 4 * len(bb.net.blocks)
+    check_gradients_only_on(bb, params, x)
