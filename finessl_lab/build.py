@@ -17,7 +17,8 @@ from .config import Config
 from .data.batches import Batch, FeatureBatches, ImageBatches, SplitView
 from .data.datasets import DatasetBundle, load_dataset, resolve_normalization
 from .data.features import ImageViews, extract, ignore_stop_signals, load_or_compute
-from .data.splits import Split, cached_split
+from .data.settings import eval_subsets, make_setting_split, model_classes
+from .data.splits import Split
 from .data.transforms import build_transforms
 from .device import resolve_device, resolve_precision, weight_dtype
 from .errors import UserError
@@ -61,7 +62,8 @@ class Experiment:
 
     @property
     def num_classes(self) -> int:
-        return self.bundle.num_classes
+        """Outputs of the heads: all classes, or the seen ones in the open-set setting (data/settings.py)."""
+        return self.model.main.num_classes
 
 
 def transform_description(cfg: Config, mean, std) -> dict:
@@ -114,10 +116,9 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     root = cache_dir(cfg.run.cache_dir)
     bundle = load_dataset(cfg.data, root)
     check_labels_fit(cfg, bundle)
-    split = cached_split(root, bundle.key, bundle.train.targets, bundle.num_classes, cfg.data.labels_per_class,
-                         val_per_class=cfg.data.val_per_class,
-                         include_labeled_in_unlabeled=cfg.data.include_labeled_in_unlabeled, seed=cfg.run.seed,
-                         order=cfg.data.split_order)
+    split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed, root, bundle.key)
+    n_out = model_classes(cfg.data, bundle.num_classes)  # the seen classes only in the open-set setting
+    tests = eval_subsets(cfg.data, bundle.test.targets, bundle.num_classes)
     targets = np.asarray(bundle.train.targets)
     ood = getattr(split, "ood", None)
     view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
@@ -134,21 +135,27 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     workers = cfg.data.num_workers
     common = dict(device=device, batch_size=cfg.run.eval_batch_size, num_workers=workers, progress=progress)
 
+    if cfg.run.feature_cache and cfg.model.peft != "linear":  # top-k blocks tuned from cached activations
+        from .build_partial import partial_experiment
+        return partial_experiment(cfg, device, precision, bundle, split, view, backbone, transforms, root, tests,
+                                  n_out, common, transform_description(cfg, mean, std))
     if cfg.run.feature_cache:
         backbone.to(device)
         feats, path = load_or_compute(root, backbone, bundle, transforms, transform_description(cfg, mean, std),
                                       cfg.run.feature_views, cfg.run.view_seed, **common)
         clean = feats["train_clean"].float()
-        text = (backbone.text_prototypes(bundle.classes, cfg.model.prompt_template).float().cpu()
+        text = (backbone.text_prototypes(bundle.classes[:n_out], cfg.model.prompt_template).float().cpu()
                 if backbone.has_text and cfg.model.head_init in ("prototype", "text") else None)
-        model = build_model(cfg.model, bundle.num_classes, bundle.classes, feature_dim=clean.shape[1],
+        model = build_model(cfg.model, n_out, bundle.classes[:n_out], feature_dim=clean.shape[1],
                             text_prototypes=text,
                             labeled_features=clean[split.labeled], labeled_targets=y_lab,
                             generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(precision))
         del backbone
         source = FeatureBatches(feats["weak"], feats["strong"], view, device)
         batches = lambda first, total: (source[s] for s in range(first, total))  # noqa: E731
-        evals = {"test": EvalSet(feats["test"].float().to(device), torch.as_tensor(bundle.test.targets))}
+        test_t = torch.as_tensor(bundle.test.targets)
+        evals = {name: EvalSet(feats["test"][torch.as_tensor(idx)].float().to(device), test_t[torch.as_tensor(idx)])
+                 for name, idx in tests.items()}
         if len(split.val):
             evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
         unl = (EvalSet(clean[split.unlabeled], torch.as_tensor(targets[split.unlabeled]))  # CPU; predict moves chunks
@@ -162,7 +169,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     if cfg.model.head_init == "class_mean" or (cfg.model.head_init == "prototype" and not backbone.has_text):
         labeled_feats = extract(backbone, bundle.train.subset(split.labeled).images, transforms.test, stream=None,
                                 seed=0, desc="features: labeled (head init)", **common).float()
-    model = build_model(cfg.model, bundle.num_classes, bundle.classes, backbone=backbone,
+    model = build_model(cfg.model, n_out, bundle.classes[:n_out], backbone=backbone,
                         labeled_features=labeled_feats, labeled_targets=y_lab,
                         generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(precision))
 
@@ -178,7 +185,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                                              worker_init_fn=ignore_stop_signals if workers else None)
         return EvalSet(loader, torch.as_tensor(ds.targets))
 
-    evals = {"test": image_eval(bundle.test)}
+    evals = {name: image_eval(bundle.test.subset(idx)) for name, idx in tests.items()}
     if len(split.val):
         evals["val"] = image_eval(bundle.train.subset(split.val))
     unl = image_eval(bundle.train.subset(split.unlabeled)) if _needs_unlabeled_pass(cfg) else None

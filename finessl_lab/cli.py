@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cache-dir", default="")
     i.add_argument("--data-root", default="")
     i.add_argument("--debug", action="store_true")
-    parser.subcommands = {"train": t, "compare": c, "features": f, "info": i}
+    pr = sub.add_parser("presets", help="list every preset with one line each")
+    pr.add_argument("--debug", action="store_true")
+    parser.subcommands = {"train": t, "compare": c, "features": f, "info": i, "presets": pr}
     return parser
 
 
@@ -245,8 +247,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_presets(args) -> int:
+    from .presets import PRESETS, describe_preset
+
+    width = max(map(len, PRESETS))
+    print("\n".join(f"{name:<{width}}  {describe_preset(name)}" for name in PRESETS))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "features": cmd_features, "info": cmd_info,
-            "diagnose": cmd_diagnose}
+            "diagnose": cmd_diagnose, "presets": cmd_presets}
 
 
 @contextmanager

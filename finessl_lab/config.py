@@ -29,8 +29,9 @@ from .algorithms.baseline_options import (DebiasPLOptions, FlexMatchOptions, FPL
 from .errors import UserError, short_repr, suggest
 from .options import describe_range, in_range, opt
 
-DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves")
-PEFTS = ("vpt_deep", "vpt_shallow", "bn", "bitfit", "ssf", "linear")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves", "fashion_mnist")
+PEFTS = ("vpt_deep", "vpt_shallow", "vpt_last", "lora", "adapter", "adaptformer", "bn", "bitfit", "ssf", "last_k",
+         "full", "linear")
 
 
 @dataclass
@@ -64,6 +65,15 @@ class DataConfig:
                                    "fresh = new batches every step")
     split_order: str = opt("auto", choices=("auto", "first", "seeded"),
                            help="labeled split: first N indices per class (official) or a seeded draw")
+    # SSL settings beyond balanced (data/settings.py): long-tailed (Table 9) and open-set (Fig. 4)
+    setting: str = opt("balanced", choices=("balanced", "longtail", "openset"),
+                       help="balanced, longtail (labels_per_class = N_1 of the head class) or openset")
+    imbalance_labeled: float = opt(10.0, lo=1.0, help="longtail: rho of the labeled set, N_k = N_1 * rho^(-k/(K-1))")
+    imbalance_unlabeled: float = opt(0.0, lo=0.0, help="longtail: rho of the unlabeled set (0 = imbalance_labeled)")
+    unlabeled_distribution: str = opt("consistent", choices=("consistent", "uniform", "reversed"),
+                                      help="longtail: unlabeled class distribution relative to the labeled one")
+    unlabeled_per_class: int = opt(0, lo=0, help="longtail: M_1, unlabeled images of the largest class (0 = as many as fit)")
+    seen_classes: int = opt(0, lo=0, help="openset: the first K classes are seen (labeled); the rest are unlabeled OOD")
 
 
 @dataclass
@@ -72,6 +82,12 @@ class ModelConfig:
     pretrained: str = opt("openai", help="open_clip hub tag, a local weights file, 'embedded', or 'none' (random init: a test fixture only)")
     peft: str = opt("vpt_deep", choices=PEFTS, help="parameter-efficient fine-tuning method")
     vpt_tokens: int = opt(50, lo=1, hi=1000, help="VPT prompt tokens (per layer for vpt_deep)")
+    lora_rank: int = opt(16, lo=1, hi=4096, help="LoRA rank r (on q and v)")
+    lora_alpha: float = opt(16.0, lo=0.0, lo_open=True, help="LoRA scale = alpha / r")
+    adapter_dim: int = opt(8, lo=1, hi=4096, help="Adapter / AdaptFormer bottleneck width")
+    adaptformer_scale: float = opt(0.1, lo=0.0, help="AdaptFormer output scale s")
+    tune_blocks: int = opt(1, lo=1, hi=1000, help="last_k: number of last blocks (ViT resblocks / CNN stages) tuned")
+    lp_steps: int = opt(0, lo=0, help="LP-FT: steps of linear probing (backbone frozen) before the PEFT parameters train")
     head_init: str = opt("auto", choices=("auto", "random", "text", "class_mean", "prototype"),
                          help="cosine-head init: random = unit-norm uniform rows (official), text, class_mean, "
                               "prototype = text if the backbone has a text tower else class means; auto = from fidelity")
@@ -396,9 +412,11 @@ def validate(cfg: Config) -> None:
     if cfg.algorithm.name not in REGISTRY:
         names = sorted(REGISTRY)
         raise UserError(f"unknown algorithm {cfg.algorithm.name!r}{suggest(cfg.algorithm.name, names)}; valid: {', '.join(names)}")
-    if cfg.run.feature_cache and cfg.model.peft != "linear":
+    if cfg.run.feature_cache and cfg.model.peft != "linear" and not (
+            cfg.model.backbone == "efficientnet_lite0" and cfg.model.peft in ("bn", "bitfit", "ssf", "full", "last_k")):
         raise UserError(f"run.feature_cache=true needs a frozen backbone (model.peft='linear'), got model.peft={cfg.model.peft!r}; "
-                        "valid: model.peft=linear, or run.feature_cache=false to train the PEFT parameters on images")
+                        "valid: model.peft=linear, efficientnet_lite0 with bn/bitfit/ssf/full/last_k on its top "
+                        "model.tune_blocks blocks, or run.feature_cache=false to train the PEFT parameters on images")
     if cfg.data.image_size > cfg.data.resize:
         raise UserError(f"data.image_size={cfg.data.image_size} is larger than data.resize={cfg.data.resize}; valid: image_size <= resize")
     dev = cfg.run.device

@@ -56,6 +56,21 @@ PRESETS: dict[str, dict] = {
     "embedded": EMBEDDED,
 }
 
+# every other table row / figure panel and the offline counterparts (presets_paper.py)
+from .presets_paper import DESCRIPTIONS, paper_presets  # noqa: E402
+
+PRESETS.update(paper_presets(_paper, EMBEDDED))
+
+
+def describe_preset(name: str) -> str:
+    """One line saying what a preset is (its description, or dataset / N / backbone / PEFT from its dict)."""
+    if name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    p = PRESETS[name]
+    d, m = p.get("data", {}), p.get("model", {})
+    what = "offline default: MNIST-5k, EfficientNet-Lite0 (NOT CLIP), cached features" if name == "embedded" else "Table 1"
+    return f"{what}: {d.get('dataset')} N{d.get('labels_per_class')}, {m.get('backbone')} {m.get('pretrained')}, {m.get('peft')}"
+
 
 def preset(name: str) -> dict:
     if name not in PRESETS:

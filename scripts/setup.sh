@@ -14,3 +14,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -e ".[test]"
   echo "$want" > "$stamp"
 fi
+# Optional offline dataset: Debian's dataset-fashion-mnist (70,000 real Fashion-MNIST images, used by the
+# fashion_mnist dataset). Installed when we are root on a Debian/Ubuntu system and it is missing; otherwise a note.
+# Tests do not depend on it (they build tiny IDX files); tests/test_settings.py checks the Debian files when
+# FINESSL_LAB_REQUIRE_FASHION_MNIST=1 (then a missing package fails instead of skipping).
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+      || echo "note: could not apt-get install dataset-fashion-mnist; fashion_mnist needs data.root" >&2
+  else
+    echo "note: fashion_mnist offline data missing: sudo apt-get install dataset-fashion-mnist" >&2
+  fi
+fi

@@ -58,7 +58,7 @@ def trainable_names(module: nn.Module) -> set[str]:
 
 def test_list_backbones_has_defaults_and_no_timm_towers(tiny):
     names = list_backbones()
-    assert names[0] == "efficientnet_lite0" and {"ViT-B-16", "RN50", TINY_VIT} <= set(names)
+    assert names[:2] == ["efficientnet_lite0", "scratch_cnn"] and {"ViT-B-16", "RN50", TINY_VIT} <= set(names)
     assert "ViT-B-16-SigLIP" not in names  # timm image tower: unsupported, so not listed
 
 
@@ -125,7 +125,7 @@ def test_bad_pretrained_values(tiny, tmp_path):
         build_backbone(model_cfg(backbone="ViT-B-61"))
     with pytest.raises(UserError, match="timm/HF image tower"):
         build_backbone(model_cfg(backbone="ViT-B-16-SigLIP"))
-    with pytest.raises(UserError, match="bn, bitfit, ssf, linear"):
+    with pytest.raises(UserError, match="bn, bitfit, ssf, last_k, full, linear"):
         build_backbone(model_cfg(backbone="efficientnet_lite0", peft="vpt_deep"))
 
 
@@ -219,7 +219,7 @@ def test_vit_bitfit_and_ssf_trainable_sets_and_gradients(tiny):
 
 def test_cnn_peft_on_vit_is_user_error(tiny):
     bb = build_backbone(model_cfg(pretrained="none"))
-    with pytest.raises(UserError, match="vpt_deep, vpt_shallow, bitfit, ssf, linear"):
+    with pytest.raises(UserError, match="vpt_deep, vpt_shallow, vpt_last, lora, adapter, adaptformer, bitfit, ssf, last_k, full, linear"):
         apply_peft(bb, model_cfg(peft="bn"))
 
 
@@ -353,7 +353,7 @@ def test_efficientnet_peft_trainable_sets():
     out.sum().backward()
     assert all(p.grad is not None for p in params)
 
-    with pytest.raises(UserError, match="bn, bitfit, ssf, linear"):
+    with pytest.raises(UserError, match="bn, bitfit, ssf, last_k, full, linear"):
         apply_peft(build_backbone(cfg), model_cfg(peft="vpt_deep"))
     with pytest.raises(UserError, match="pretrained"):
         build_backbone(model_cfg(backbone="efficientnet_lite0", pretrained="openai"))

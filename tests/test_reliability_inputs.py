@@ -129,7 +129,7 @@ def unknown_backbone(c):
 def unknown_peft(c):
     return Case(c.train_args("--peft", "vpt_dep"),
                 lambda: train(assign(small_cfg(), "model.peft", "vpt_dep"), c.out),
-                "model.peft='vpt_dep' is not valid (did you mean 'vpt_deep'?); valid: vpt_deep, vpt_shallow, bn")
+                "model.peft='vpt_dep' is not valid (did you mean 'vpt_deep'?); valid: vpt_deep, vpt_shallow, vpt_last")
 
 
 @case

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..errors import UserError, check_choice
 
-DATASET_NAMES = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves")
+DATASET_NAMES = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves", "fashion_mnist")
 FOLDER_DATASETS = ("imagefolder", "imagenet", "semi_aves")
 
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -50,6 +50,9 @@ SOURCES = {
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar.html",
     "food101": "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/",
 }
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
 
 
 def resolve_normalization(kind: str, dataset: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -331,11 +334,57 @@ def _load_folder(name: str, cfg: Any, cache_root: Path) -> DatasetBundle:
     return DatasetBundle(name, classes, train, test, key=dataset_key(name, classes, train, test, extra))
 
 
+def _stage_fashion_mnist(src: Path, root: Path) -> None:
+    """Decompress Debian's IDX .gz files into ``root/FashionMNIST/raw`` (torchvision's layout), once, atomically."""
+    import gzip
+
+    from ..io import write_bytes
+
+    raw = root / "FashionMNIST" / "raw"
+    for name in FASHION_MNIST_FILES:
+        if not (raw / name).is_file():
+            with gzip.open(src / f"{name}.gz", "rb") as f:
+                write_bytes(raw / name, f.read())
+
+
+def load_fashion_mnist(cfg: Any, cache_root: Path) -> DatasetBundle:
+    """Fashion-MNIST (60,000 train / 10,000 test, 28x28 grey, 10 classes) through torchvision's FashionMNIST.
+
+    With ``data.root`` set: torchvision's layout under it (``root/FashionMNIST/raw``; downloaded there by
+    torchvision when ``data.download`` is on). Otherwise: the IDX files of Debian's ``dataset-fashion-mnist``
+    (``/usr/share/datasets/fashion-mnist``), decompressed once into ``<cache_dir>/datasets``."""
+    from torchvision import datasets as tvd
+
+    if getattr(cfg, "root", ""):
+        root, origin, download = Path(os.path.expanduser(cfg.root)), "data.root", bool(getattr(cfg, "download", False))
+    elif all((FASHION_MNIST_DEBIAN / f"{n}.gz").is_file() for n in FASHION_MNIST_FILES):
+        root, origin, download = Path(cache_root) / "datasets", f"staged from {FASHION_MNIST_DEBIAN}", False
+        _stage_fashion_mnist(FASHION_MNIST_DEBIAN, root)
+    else:
+        raise UserError(f"fashion_mnist not found: {FASHION_MNIST_DEBIAN} is missing (Debian/Ubuntu: apt-get install "
+                        "dataset-fashion-mnist) and data.root is not set; or set data.root=DIR data.download=true to let "
+                        "torchvision download it from https://github.com/zalandoresearch/fashion-mnist")
+    try:
+        train_ds = tvd.FashionMNIST(str(root), train=True, download=download)
+        test_ds = tvd.FashionMNIST(str(root), train=False, download=download)
+    except Exception as e:  # noqa: BLE001  (missing files / failed download)
+        raise UserError(f"fashion_mnist not found in {root} ({origin}): {type(e).__name__}: {e}; apt-get install "
+                        "dataset-fashion-mnist, or set data.download=true") from None
+
+    def split(ds) -> ImageDataset:
+        return ImageDataset(_ArrayImages(ds.data.numpy()), ds.targets.numpy().astype(np.int64))
+
+    classes = [c.replace("/", " or ").lower() for c in train_ds.classes]
+    return DatasetBundle("fashion_mnist", classes, split(train_ds), split(test_ds))
+
+
 def load_dataset(cfg: Any, cache_root: Path) -> DatasetBundle:
     """The :class:`DatasetBundle` for ``cfg.dataset`` (a DataConfig or anything with the same attributes)."""
     name = check_choice("dataset", cfg.dataset, DATASET_NAMES)
     if name == "mnist5k":
         bundle = load_mnist5k()
+    elif name == "fashion_mnist":
+        bundle = load_fashion_mnist(cfg, Path(cache_root))
     elif name in SOURCES:
         bundle = load_torchvision(name, cfg, Path(cache_root))
     else:

@@ -106,3 +106,50 @@ def load_or_compute(cache_root: Path, backbone, bundle, transforms, transform_de
             "views": views, "view_seed": seed}
     save_checkpoint(path, {"meta": meta, "features": feats})
     return feats, path
+
+
+# -- partial cache: activations below the last k blocks (top-k tuning of the embedded CNN) ------------------------
+
+@torch.no_grad()
+def extract_below(backbone, k: int, images, transform, *, stream: int | None, seed: int, device, batch_size: int,
+                  num_workers: int, desc: str, progress: bool = True) -> Tensor:
+    """Activations [N, C, H, W] (fp32, CPU) of one view of every image, below the last ``k`` blocks."""
+    loader = torch.utils.data.DataLoader(ImageViews(images, transform, stream, seed), batch_size=batch_size,
+                                         num_workers=num_workers, worker_init_fn=ignore_stop_signals if num_workers else None)
+    out = [backbone.activations_below(x.to(device), k).float().cpu()
+           for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch")]
+    return torch.cat(out)
+
+
+def load_or_compute_partial(cache_root: Path, backbone, k: int, bundle, transforms, transform_desc: dict, views: int,
+                            seed: int, device, batch_size: int = 256, num_workers: int = 2,
+                            progress: bool = True) -> tuple[dict, Path]:
+    """Like :func:`load_or_compute`, but each view is stored as the frozen activations below the last ``k``
+    blocks of ``backbone`` (``backbone.activations_below``), in fp32, so that the top ``k`` blocks can be
+    tuned (BN / BitFit / SSF / all of them) from the cache; keys ``train_clean``, ``test``, ``weak``, ``strong``."""
+    key = cache_key(backbone.identity + f"|below_last_{k}", bundle.key, transform_desc, views, seed)
+    path = Path(cache_root) / "features" / f"{key}.pt"
+    if path.is_file():
+        try:
+            blob = load_checkpoint(path)
+            if blob.get("meta", {}).get("key") == key:
+                return blob["features"], path
+            why = "it was written for other settings"
+        except Exception as e:  # noqa: BLE001
+            why = str(e)
+        print(f"warning: partial feature cache {path} is unusable ({why}); recomputing it", file=sys.stderr)
+    backbone.eval()
+    kw = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    tr = bundle.train.images
+    feats = {
+        "train_clean": extract_below(backbone, k, tr, transforms.test, stream=None, desc=f"activations below top {k}: train", **kw),
+        "test": extract_below(backbone, k, bundle.test.images, transforms.test, stream=None, desc="... test", **kw),
+        "weak": torch.stack([extract_below(backbone, k, tr, transforms.weak, stream=WEAK_STREAM + v,
+                                           desc=f"... weak view {v + 1}/{views}", **kw) for v in range(views)]),
+        "strong": torch.stack([extract_below(backbone, k, tr, transforms.strong, stream=STRONG_STREAM + v,
+                                             desc=f"... strong view {v + 1}/{views}", **kw) for v in range(views)]),
+    }
+    meta = {"key": key, "backbone": backbone.identity, "below_last": k, "dataset": bundle.key,
+            "transform": transform_desc, "views": views, "view_seed": seed}
+    save_checkpoint(path, {"meta": meta, "features": feats})
+    return feats, path

@@ -130,13 +130,16 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> lis
 
 def make_longtail_split(targets: np.ndarray, num_classes: int, labels_max: int, unlabeled_max: int, *,
                         imbalance_ratio: float, unlabeled_imbalance_ratio: float | None = None,
-                        val_per_class: int = 0, include_labeled_in_unlabeled: bool = True, seed: int = 0) -> Split:
+                        val_per_class: int = 0, include_labeled_in_unlabeled: bool = True, seed: int = 0,
+                        unlabeled_counts: Sequence[int] | None = None) -> Split:
     """Long-tailed split: class k gets ``longtail_counts(labels_max)[k]`` labeled images and
-    ``longtail_counts(unlabeled_max)[k]`` further unlabeled ones (plus its labeled ones if included)."""
+    ``longtail_counts(unlabeled_max)[k]`` further unlabeled ones (plus its labeled ones if included).
+    ``unlabeled_counts`` (one per class) replaces the latter, e.g. uniform or reversed (data.settings)."""
     if labels_max <= 0 or unlabeled_max < 0:
         raise UserError(f"labels_max={labels_max} must be > 0 and unlabeled_max={unlabeled_max} >= 0")
     nl = [max(n, 1) for n in longtail_counts(labels_max, num_classes, imbalance_ratio)]
-    nu = longtail_counts(unlabeled_max, num_classes, unlabeled_imbalance_ratio or imbalance_ratio)
+    nu = (longtail_counts(unlabeled_max, num_classes, unlabeled_imbalance_ratio or imbalance_ratio)
+          if unlabeled_counts is None else [int(n) for n in unlabeled_counts])
     t = _check_targets(targets, num_classes)
     for c in range(num_classes):
         have = int((t == c).sum()) - val_per_class - nl[c]

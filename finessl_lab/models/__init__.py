@@ -29,15 +29,27 @@ HEAD_INITS = ("auto", "random", "text", "class_mean", "prototype")
 class SSLModel(nn.Module):
     """Backbone (or None in feature-cache mode) + main and auxiliary cosine heads."""
 
-    def __init__(self, backbone: Backbone | None, main: CosineHead, aux: CosineHead | None = None):
+    def __init__(self, backbone: Backbone | None, main: CosineHead, aux: CosineHead | None = None, lp_steps: int = 0):
         super().__init__()
         self.backbone = backbone
         self.main = main
         self.aux = aux if aux is not None else copy.deepcopy(main)
+        # LP-FT: the first lp_steps training forwards run the backbone without gradients (linear probing)
+        self.lp_steps = int(lp_steps) if backbone is not None else 0
+        self.register_buffer("lp_steps_done", torch.zeros((), dtype=torch.long))
 
     def features(self, x: Tensor) -> Tensor:
-        """Image features [B, D]; in feature-cache mode ``x`` already is the features and is returned unchanged."""
-        return x if self.backbone is None else self.backbone(x)
+        """Image features [B, D]; in feature-cache mode ``x`` already is the features and is returned unchanged.
+        With LP-FT (``lp_steps`` > 0) a training forward with gradients enabled counts one step (the trainer runs
+        the backbone once per step); during the first ``lp_steps`` the PEFT parameters get no gradient."""
+        if self.backbone is None:
+            return x
+        if self.lp_steps and self.training and torch.is_grad_enabled():
+            self.lp_steps_done += 1
+            if int(self.lp_steps_done) <= self.lp_steps:
+                with torch.no_grad():
+                    return self.backbone(x)
+        return self.backbone(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Main-head logits (a convenience for evaluation)."""
@@ -59,12 +71,20 @@ class SSLModel(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Copies of what training changes (PEFT + heads), keyed by module path, e.g. ``backbone.prompts``."""
-        return {n: p.detach().clone() for n, p in self._trainable_named().items()}
+        sd = {n: p.detach().clone() for n, p in self._trainable_named().items()}
+        if self.lp_steps:
+            sd["lp_steps_done"] = self.lp_steps_done.clone()
+        return sd
 
     @torch.no_grad()
     def load_trainable_state_dict(self, sd: dict[str, Tensor]) -> None:
         """Strict inverse of :meth:`trainable_state_dict`; any key or shape disagreement is a UserError."""
         own = self._trainable_named()
+        if self.lp_steps:
+            if "lp_steps_done" not in sd:
+                raise UserError("trainable state has no 'lp_steps_done' but this model uses LP-FT (model.lp_steps > 0)")
+            self.lp_steps_done.copy_(sd["lp_steps_done"])
+            sd = {k: v for k, v in sd.items() if k != "lp_steps_done"}
         missing = [k for k in own if k not in sd]
         unexpected = [k for k in sd if k not in own]
         shapes = [f"{k} (given {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
@@ -141,4 +161,4 @@ def build_model(cfg_model: Any, num_classes: int, classnames: list[str], feature
                                          labeled_features, labeled_targets, generator, text_prototypes))
     if backbone is not None:
         main.to(next(backbone.parameters()).device)
-    return SSLModel(backbone, main, copy.deepcopy(main))
+    return SSLModel(backbone, main, copy.deepcopy(main), lp_steps=int(getattr(cfg_model, "lp_steps", 0) or 0))

@@ -25,6 +25,7 @@ from ..io import sha256_file
 from .peft import check_peft
 
 EFFICIENTNET = "efficientnet_lite0"
+SCRATCH_CNN = "scratch_cnn"  # Fig. 1's from-scratch baseline: a small CNN trained from random init (peft=full)
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's TorchScript checkpoints
 _TEXT_BATCH = 256
@@ -56,6 +57,14 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        """The image tower's blocks, bottom to top (what ``model.tune_blocks`` / last_k counts)."""
+        raise NotImplementedError
+
+    def post_block_parameters(self) -> list[nn.Parameter]:
+        """Parameters used after the last block (tuned with last_k), e.g. a ViT's final LayerNorm."""
+        return []
 
     def text_prototypes(self, classnames: list[str], template: str) -> Tensor:
         raise UserError(f"backbone {self.name!r} has no text tower, so heads cannot be initialised from text; "
@@ -116,6 +125,7 @@ class ClipViTBackbone(OpenClipBackbone):
         super().__init__(name, identity, "vit", clip, feature_dim=v.ln_post.normalized_shape[-1])
         self.register_parameter("prompts", None)
         self.vpt_deep = False
+        self.vpt_mode = "none"  # deep / shallow / last (peft/vpt.py)
 
     @property
     def width(self) -> int:
@@ -129,16 +139,29 @@ class ClipViTBackbone(OpenClipBackbone):
     def patch_size(self) -> tuple[int, int]:
         return tuple(self.visual.patch_size)
 
-    def set_prompts(self, prompts: nn.Parameter, deep: bool) -> None:
-        expected = (self.num_layers if deep else 1, prompts.shape[1], self.width)
+    def blocks(self) -> list[nn.Module]:
+        return list(self.visual.transformer.resblocks)
+
+    def post_block_parameters(self) -> list[nn.Parameter]:
+        return list(self.visual.ln_post.parameters())
+
+    def set_prompts(self, prompts: nn.Parameter, deep: bool, mode: str | None = None) -> None:
+        mode = mode or ("deep" if deep else "shallow")
+        expected = (self.num_layers if mode == "deep" else 1, prompts.shape[1], self.width)
         if tuple(prompts.shape) != expected:
             raise ValueError(f"prompts have shape {tuple(prompts.shape)}, expected {expected}")
-        self.prompts, self.vpt_deep = prompts, deep
+        self.prompts, self.vpt_deep, self.vpt_mode = prompts, mode == "deep", mode
 
     def _with_prompts(self, x: Tensor, layer: int, n_base: int) -> Tensor:
-        if self.prompts is None or (layer > 0 and not self.vpt_deep):
+        if self.prompts is None:
             return x
-        p = self.prompts[layer].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        if self.vpt_mode == "deep":
+            p = self.prompts[layer]
+        elif (self.vpt_mode == "shallow" and layer == 0) or (self.vpt_mode == "last" and layer == self.num_layers - 1):
+            p = self.prompts[0]
+        else:
+            return x
+        p = p.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
         return torch.cat([x[:, :n_base], p], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -165,6 +188,11 @@ class ClipResNetBackbone(OpenClipBackbone):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.visual(x.to(self.visual.conv1.weight.dtype))
+
+    def blocks(self) -> list[nn.Module]:
+        """The Bottlenecks of layer1..layer4, then the attention pool."""
+        v = self.visual
+        return [b for layer in (v.layer1, v.layer2, v.layer3, v.layer4) for b in layer] + [v.attnpool]
 
 
 def _open_clip_family(name: str) -> str | None:
@@ -244,6 +272,168 @@ class EfficientNetBackbone(Backbone):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def blocks(self) -> list[nn.Module]:
+        """Units, bottom to top: stem (conv_stem + bn1), the 16 inverted-residual blocks, head (conv_head + bn2).
+        (Sequential wrappers built on each call around the net's own modules: nothing is registered twice.)"""
+        n = self.net
+        return [nn.Sequential(n.conv_stem, n.bn1), *[b for stage in n.blocks for b in stage],
+                nn.Sequential(n.conv_head, n.bn2)]
+
+    def activations_below(self, x: Tensor, k: int) -> Tensor:
+        """The input of the last ``k`` units (what the partial feature cache stores); k = 0 -> pooled features."""
+        units = self.blocks()
+        for u in units[: len(units) - k]:
+            x = u(x)
+        return self.net.forward_head(x) if k == 0 else x
+
+    def forward_top(self, a: Tensor, k: int) -> Tensor:
+        """Features from ``activations_below(x, k)``: the last ``k`` units, then global pooling."""
+        units = self.blocks()
+        for u in units[len(units) - k:]:
+            a = u(a)
+        return self.net.forward_head(a)
+
+
+class TopBlocks(Backbone):
+    """The last ``k`` blocks of an EfficientNet backbone + its global pooling, as a backbone of its own: input =
+    the activations below them (``EfficientNetBackbone.activations_below``), output = the same features as the
+    whole network. PEFT applied to it acts on these blocks only (partial feature cache, data/features.py)."""
+
+    def __init__(self, full: "EfficientNetBackbone", k: int):
+        units = full.blocks()
+        if not 1 <= k <= len(units):
+            raise UserError(f"model.tune_blocks={k} is not valid for {full.name!r} with {len(units)} blocks; "
+                            f"valid: 1 <= tune_blocks <= {len(units)}")
+        super().__init__(f"{full.name}[top{k}]", f"{full.identity}|top{k}", "cnn", full.feature_dim, full.mean,
+                         full.std, has_text=False)
+        self.k = k
+        self.units = nn.ModuleList(units[len(units) - k:])
+        self.pool = full.net.global_pool
+        self.eval()
+
+    @property
+    def peft_root(self) -> nn.Module:
+        return self.units
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.units)
+
+    def forward(self, a: Tensor) -> Tensor:
+        for u in self.units:
+            a = u(a)
+        return self.pool(a)
+
+
+class ScratchCNN(Backbone):
+    """A small CNN trained from scratch (Fig. 1's from-scratch baseline, in image mode): 4 x [conv3x3 - GroupNorm -
+    ReLU - maxpool] with 32/64/128/256 channels, then global average pooling (256-d). GroupNorm rather than
+    BatchNorm because backbones always run in eval mode. Random init from the seed 0, the same for every run seed."""
+
+    def __init__(self):
+        super().__init__(SCRATCH_CNN, f"{SCRATCH_CNN}:none", "cnn", 256, mean=(0.5,) * 3, std=(0.5,) * 3, has_text=False)
+        layers, c_in = [], 3
+        with torch.random.fork_rng(devices=[]):  # a fixed init (seed 0) that leaves the global RNG alone
+            torch.manual_seed(0)
+            for c in (32, 64, 128, 256):
+                layers.append(nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.GroupNorm(8, c),
+                                            nn.ReLU(), nn.MaxPool2d(2)))
+                c_in = c
+        self.net = nn.Sequential(*layers)
+        self.eval()
+
+    @property
+    def peft_root(self) -> nn.Module:
+        return self.net
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.net)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).mean(dim=(2, 3))
+
+
+TIMM_PREFIX = "timm:"  # e.g. timm:vit_base_patch16_224.augreg_in21k (Table 11's ImageNet-21k ViT-B/16)
+
+
+class TimmViTBackbone(Backbone):
+    """A timm VisionTransformer (``model.backbone=timm:<timm model name>``); features = the pooled token after the
+    final norm (dim = width). VPT prompts are inserted after the class / register tokens and patch tokens exactly
+    as for the open_clip ViT (deep / shallow / last); LoRA uses each block's fused ``attn.qkv``.
+
+    ``pretrained``: ``hub`` (timm downloads the named weights from the Hugging Face hub on first use), a local
+    weights file (loaded strictly), or ``none`` (random init: a test fixture only)."""
+
+    def __init__(self, name: str, identity: str, net: nn.Module):
+        cfg = getattr(net, "pretrained_cfg", {}) or {}
+        super().__init__(name, identity, "vit", net.num_features, mean=cfg.get("mean", (0.5,) * 3),
+                         std=cfg.get("std", (0.5,) * 3), has_text=False)
+        self.net = net
+        self.register_parameter("prompts", None)
+        self.vpt_deep, self.vpt_mode = False, "none"
+        self.eval()
+
+    @property
+    def peft_root(self) -> nn.Module:
+        return self.net
+
+    @property
+    def width(self) -> int:
+        return int(self.net.embed_dim)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.net.blocks)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.net.patch_embed.patch_size)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.net.blocks)
+
+    def post_block_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.norm.parameters())
+
+    set_prompts = ClipViTBackbone.set_prompts
+    _with_prompts = ClipViTBackbone._with_prompts
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.net
+        x = n.norm_pre(n.patch_drop(n._pos_embed(n.patch_embed(x))))
+        n_base = x.shape[1]
+        for i, block in enumerate(n.blocks):
+            x = block(self._with_prompts(x, i, n_base))
+        x = n.norm(x[:, :n_base])
+        return n.forward_head(x, pre_logits=True)
+
+
+def _build_timm_vit(name: str, pretrained: str) -> Backbone:
+    import timm
+
+    model = name[len(TIMM_PREFIX):]
+    try:
+        if pretrained == "hub":
+            net = timm.create_model(model, pretrained=True, num_classes=0)
+            identity = f"{name}:hub"
+        else:
+            net = timm.create_model(model, pretrained=False, num_classes=0)
+            identity = f"{name}:none"
+    except UserError:
+        raise
+    except Exception as e:  # unknown name, download failure
+        raise UserError(f"could not create timm model {model!r} (pretrained={pretrained!r}): {type(e).__name__}: {e}; "
+                        "valid: a timm ViT name such as vit_base_patch16_224.augreg_in21k; offline, pass a local "
+                        "weights file as model.pretrained") from None
+    if pretrained not in ("hub", "none"):
+        path = _existing_file(pretrained)
+        _load_strict(net, {k: v for k, v in _read_state_dict(path).items() if not k.startswith("head.")},
+                     f"{name} weights {path!r}")
+        identity = f"{name}:sha256={sha256_file(path)}"
+    if not hasattr(net, "blocks") or not hasattr(net, "patch_embed"):
+        raise UserError(f"model.backbone={name!r} is not a timm VisionTransformer; valid: timm:<a ViT model name>")
+    net.eval().requires_grad_(False)
+    return TimmViTBackbone(name, identity, net)
 
 
 def _embedded_efficientnet_path() -> str:
@@ -359,15 +549,17 @@ def list_backbones() -> list[str]:
     """Supported backbone names: efficientnet_lite0 and the open_clip models with a ViT or ModifiedResNet tower."""
     import open_clip
 
-    return [EFFICIENTNET] + [n for n in open_clip.list_models() if _open_clip_family(n) is not None]
+    return [EFFICIENTNET, SCRATCH_CNN] + [n for n in open_clip.list_models() if _open_clip_family(n) is not None]
 
 
 def backbone_family(name: str) -> str:
     """'cnn' or 'vit' for a supported backbone name; a UserError naming the closest valid one otherwise."""
     import open_clip
 
-    if name == EFFICIENTNET:
+    if name in (EFFICIENTNET, SCRATCH_CNN):
         return "cnn"
+    if name.startswith(TIMM_PREFIX):
+        return "vit"
     if name in open_clip.list_models():
         family = _open_clip_family(name)
         if family is None:
@@ -385,4 +577,11 @@ def build_backbone(cfg: Any) -> Backbone:
     family = backbone_family(name)
     if getattr(cfg, "peft", None) is not None:  # fail before a possibly long download
         check_peft(str(cfg.peft), family, name)
+    if name == SCRATCH_CNN:
+        if pretrained != "none" or str(getattr(cfg, "peft", "full")) != "full":
+            raise UserError(f"model.backbone={SCRATCH_CNN} is trained from scratch: valid only with model.pretrained=none "
+                            f"and model.peft=full (got pretrained={pretrained!r}, peft={getattr(cfg, 'peft', None)!r})")
+        return ScratchCNN()
+    if name.startswith(TIMM_PREFIX):
+        return _build_timm_vit(name, pretrained)
     return _build_efficientnet(pretrained) if name == EFFICIENTNET else _build_open_clip(name, pretrained)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError, suggest
 from ..io import is_checkpoint_file
-from .backbones import EFFICIENTNET, _is_path, backbone_family
+from .backbones import EFFICIENTNET, SCRATCH_CNN, _is_path, backbone_family
 from .peft import check_peft
 
 _WEIGHT_FORMATS = "a PyTorch state dict saved with torch.save (.pt/.pth/.bin) or a .safetensors file"
@@ -20,7 +20,10 @@ def check_model_config(m) -> str:
     name, pretrained = m.backbone, m.pretrained
     family = backbone_family(name)
     check_peft(m.peft, family, name)
-    if pretrained == "none":
+    if name == SCRATCH_CNN and (pretrained != "none" or m.peft != "full"):
+        raise UserError(f"model.backbone={SCRATCH_CNN} is trained from scratch: valid only with model.pretrained=none "
+                        f"and model.peft=full (got pretrained={pretrained!r}, peft={m.peft!r})")
+    if pretrained == "none" or (name.startswith("timm:") and pretrained == "hub"):
         return family
     if _is_path(pretrained):
         check_weights_file(pretrained)
