@@ -35,9 +35,10 @@ EMBEDDED_NOTE = ("embedded profile: MNIST-5k digits + ImageNet EfficientNet-Lite
                  "NOT CLIP ViT-B/16 - compare directions with the paper, not numbers")
 QUICK = {"seeds": [1], "epochs": 3, "steps": 300}
 #: embedded counterparts of the paper's label settings (MNIST-5k, labels per class)
-EMBEDDED_SETTINGS = {"n1": 1, "n2": 2, "n4": 4}
-#: the paper preset used for each embedded setting under the paper profile
-PAPER_SETTINGS = {"n1": "cifar10_n1", "n2": "cifar10_n2", "n4": "cifar100_n4"}
+EMBEDDED_SETTINGS = {"n1": 1, "n2": 2, "n4": 4, "n8": 8, "n16": 16}
+#: the paper preset used for each setting under the paper profile
+PAPER_SETTINGS = {"n1": "cifar10_n1", "n2": "cifar10_n2", "n4": "cifar100_n4", "n25": "cifar100_n25",
+                  "n100": "cifar100_n100"}
 #: Table 6: the ablations, each a set of algorithm.finessl flags (all exist in FineSSLOptions)
 ABLATIONS = {
     "finessl": {},
@@ -59,6 +60,7 @@ class Params:
     steps: int = 0           # total steps; 0 = the profile's default (embedded 2,000, paper 15,000)
     runs_dir: str = "runs/store"
     out_dir: str = "figures"
+    sets: list = field(default_factory=list)   # extra 'key=value' config overrides applied to every run
     extra: dict = field(default_factory=dict)
 
     @property
@@ -73,7 +75,7 @@ class Params:
 
 
 def parameters(profile="embedded", seeds=(1, 2, 3), epochs=0, steps=0, runs_dir="runs/store", out_dir="figures",
-               **extra) -> Params:
+               sets=(), **extra) -> Params:
     """Validate a notebook's parameter cell; a bad value raises a one-line UserError naming the parameter."""
     if profile not in PROFILES:
         raise UserError(f"parameter profile={profile!r} is not valid; valid: {', '.join(PROFILES)}")
@@ -94,7 +96,17 @@ def parameters(profile="embedded", seeds=(1, 2, 3), epochs=0, steps=0, runs_dir=
         if not str(value).strip():
             raise UserError(f"parameter {name}='' is empty; valid: a directory path")
         io.check_writable_dir(value, f"parameter {name}")
-    return Params(profile, list(dict.fromkeys(seeds)), epochs, steps, str(runs_dir), str(out_dir), extra)
+    check_type("parameter sets", sets, (list, tuple), "a list of 'key=value' config overrides, e.g. "
+               "['data.subsample_per_class=20']")
+    if sets:
+        from .config import parse_set
+        from .presets import resolve
+
+        try:
+            resolve("embedded" if profile == "embedded" else "cifar100_n4", sets=list(sets))
+        except UserError as e:
+            raise UserError(f"parameter sets: {e}") from None
+    return Params(profile, list(dict.fromkeys(seeds)), epochs, steps, str(runs_dir), str(out_dir), list(sets), extra)
 
 
 def check_values(name: str, values, lo: float, hi: float, kind=float) -> list:
@@ -115,8 +127,10 @@ def config(p: Params, setting: str = "n4", algorithm: str = "finessl", seed: int
     """The resolved config of one run of the profile: setting, algorithm, seed, FineSSL flags, budget."""
     from .presets import resolve
 
-    if setting not in EMBEDDED_SETTINGS:
-        raise UserError(f"setting {setting!r} is not valid; valid: {', '.join(EMBEDDED_SETTINGS)}")
+    valid = EMBEDDED_SETTINGS if p.profile == "embedded" else PAPER_SETTINGS
+    if setting not in valid:
+        raise UserError(f"parameter setting {setting!r} is not valid under profile {p.profile!r}; valid: "
+                        f"{', '.join(valid)}")
     if p.profile == "embedded":
         cfg = resolve("embedded", flags={"data.labels_per_class": EMBEDDED_SETTINGS[setting]})
     else:
@@ -126,6 +140,10 @@ def config(p: Params, setting: str = "n4", algorithm: str = "finessl", seed: int
         cfg.set(f"algorithm.finessl.{k}", v)
     for k, v in (sets or {}).items():
         cfg.set(k, v)
+    from .config import parse_set
+
+    for item in p.sets:
+        cfg.set(*parse_set(item))
     epochs = p.epochs or cfg.run.epochs
     steps = p.steps or cfg.run.epochs * cfg.run.steps_per_epoch
     cfg.run.epochs, cfg.run.steps_per_epoch = epochs, max(1, steps // epochs)
@@ -174,7 +192,11 @@ def table1_main_results(p: Params, settings=("n1", "n2", "n4"),
 
 def table6_ablations(p: Params, setting: str = "n4", ablations: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """FineSSL with each component of Table 6 switched off (flags under algorithm.finessl)."""
-    ablations = ABLATIONS if ablations is None else ablations
+    ablations = dict(ABLATIONS if ablations is None else ablations)
+    if p.profile == "embedded":
+        # cached features, frozen backbone (peft=linear): no gradient reaches a backbone, so detach_aux changes
+        # nothing; this ablation needs trainable PEFT parameters (paper profile, or image mode)
+        ablations.pop("no_detach", None)
     specs = [RunSpec(setting, name, seed, config(p, setting, "finessl", seed, finessl=flags),
                      {"flags": ", ".join(f"{k}={v}" for k, v in flags.items()) or "(full FineSSL)"})
              for name, flags in ablations.items() for seed in p.seeds]
@@ -254,6 +276,10 @@ def table_figure(frame: pd.DataFrame, title: str, note: str = ""):
 
     fig, ax = plt.subplots(figsize=(min(16, 1.6 * len(frame.columns) + 2), 0.28 * len(frame) + 1.2))
     ax.axis("off")
+    if frame.empty:
+        ax.text(0.5, 0.5, "the paper review gives no numbers for this figure/table", ha="center", va="center")
+        ax.set_title(title)
+        return fig
     t = ax.table(cellText=frame.astype(str).values, colLabels=list(frame.columns), loc="center", cellLoc="left")
     t.auto_set_font_size(False)
     t.set_fontsize(7)
@@ -300,3 +326,145 @@ def sweep_frame(sweep: pd.DataFrame, param: str) -> pd.DataFrame:
     """The rows of a sweep over one ``param``, with its values in a column named after it (for plots.sensitivity)."""
     frame = sweep[sweep["param"] == param].rename(columns={"param_value": param})
     return frame.drop(columns="param").reset_index(drop=True)
+
+
+# -- Fig. 2 / Fig. 7 ----------------------------------------------------------------------------------------
+
+def _normalized_entropy(labels, num_classes: int) -> float:
+    from .diagnostics.metrics import normalized_pseudo_label_entropy
+
+    return float(normalized_pseudo_label_entropy(labels, num_classes))
+
+
+def fig2_pseudo_label_bias(p: Params, setting: str = "n4", algorithms=("fixmatch", "finessl"),
+                           label_settings=("n1", "n2", "n4", "n8", "n16")):
+    """Left: per-class counts of confident pseudo-labels (main head, weak view, confidence >= threshold) on the
+    unlabeled set at the end of training. Right: average test confidence of each head vs labels per class.
+
+    Returns (distribution, confidence, measures)."""
+    from .runs import load_run
+
+    specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
+    dist, rows = [], []
+    for spec, stored in fetch(p, specs, "fig 2 runs"):
+        run = load_run(stored.path)
+        pred = run.predict("unlabeled", head="main", view="weak")
+        confident = pred[pred["confidence"] >= spec.cfg.algorithm.threshold]
+        c = run.experiment.num_classes
+        counts = confident["pred"].value_counts().reindex(range(c), fill_value=0)
+        for cls, n in counts.items():
+            dist.append({"setting": setting, "method": spec.method, "seed": spec.seed, "class": int(cls),
+                         "count": int(n)})
+        rows.append({"figure_table": "fig2", "setting": setting, "method": spec.method, "metric": "pl_entropy_final",
+                     "seed": spec.seed, "value": _normalized_entropy(confident["pred"].to_numpy(), c)})
+    dist = pd.DataFrame(dist)
+    dist["rank"] = dist.groupby(["method", "seed"])["count"].rank(ascending=False, method="first").astype(int)
+    conf, conf_measures = confidence_vs_labels(p, label_settings)
+    return dist, conf, pd.concat([measures_frame(rows), conf_measures], ignore_index=True)
+
+
+def confidence_vs_labels(p: Params, label_settings=("n1", "n2", "n4", "n8", "n16")):
+    """Average test confidence (and accuracy) of FixMatch's main head and FineSSL's main and aux heads vs labels
+    per class, and per head the Spearman correlation of confidence with N (Figs. 2 right and 7).
+
+    Returns (frame, measures)."""
+    from .runs import load_run
+
+    rows = []
+    conf_specs = [RunSpec(s, a, seed, config(p, s, a, seed))
+                  for s in label_settings for a in ("fixmatch", "finessl") for seed in p.seeds]
+    conf = []
+    for spec, stored in fetch(p, conf_specs, "fig 2 confidence runs"):
+        run = load_run(stored.path)
+        heads = ("main", "aux") if run.has_aux else ("main",)
+        for head in heads:
+            t = run.predict("test", head=head)
+            conf.append({"setting": spec.setting, "labels_per_class": spec.cfg.data.labels_per_class,
+                         "method": f"{spec.method}_{head}", "seed": spec.seed,
+                         "confidence": float(t["confidence"].mean()), "accuracy": 100.0 * float(t["correct"].mean())})
+    conf = pd.DataFrame(conf)
+    for method, g in conf.groupby("method"):
+        m = g.groupby("labels_per_class")[["confidence"]].mean().reset_index()
+        rho = m["labels_per_class"].rank().corr(m["confidence"].rank()) if len(m) > 1 else float("nan")
+        rows.append({"figure_table": "fig7", "setting": "", "method": method,
+                     "metric": "confidence_vs_labels_spearman", "seed": -1, "value": float(rho)})
+    return conf, measures_frame(rows)
+
+
+# -- Fig. 4 / Fig. 8 ----------------------------------------------------------------------------------------
+
+def fig4_8_confidence(p: Params, setting: str = "n4", lambdas=(0.1, 0.5), n_bins: int = 15):
+    """Confidence of correct / wrong (/ OOD) pseudo-labels per head (unlabeled set, weak view): FixMatch's main
+    head, FineSSL's main and aux heads for each lambda. Test-set reliability of the aux head per lambda.
+
+    Returns (per-sample confidences, reliability table, measures)."""
+    from .diagnostics.metrics import expected_calibration_error, reliability_table, separation_auroc
+    from .runs import load_run
+
+    specs = [RunSpec(setting, "fixmatch", seed, config(p, setting, "fixmatch", seed)) for seed in p.seeds]
+    specs += [RunSpec(setting, f"lambda_{lam:g}", seed, config(p, setting, "finessl", seed, finessl={"smoothing": lam}),
+                      {"smoothing": lam}) for lam in lambdas for seed in p.seeds]
+    samples, rel, rows = [], [], []
+    default = 0.5 if 0.5 in lambdas else lambdas[-1]
+    for spec, stored in fetch(p, specs, "fig 4/8 runs"):
+        run = load_run(stored.path)
+        for head in (("main", "aux") if run.has_aux else ("main",)):
+            u = run.predict("unlabeled", head=head, view="weak")
+            group = pd.Series("wrong", index=u.index).where(~u["correct"], "correct").where(~u["is_ood"], "ood")
+            name = f"{'finessl' if spec.method.startswith('lambda') else spec.method}_{head}"
+            samples.append(pd.DataFrame({"setting": setting, "method": spec.method, "head": head, "seed": spec.seed,
+                                         "confidence": u["confidence"], "group": group}))
+            known = ~u["is_ood"]
+            auroc = separation_auroc(u["confidence"][known], u["correct"][known])
+            rows.append({"figure_table": "fig4", "setting": setting, "method": spec.method, "metric":
+                         f"auroc_correct_wrong_{head}", "seed": spec.seed, "value": auroc})
+            if spec.method == "fixmatch" or spec.labels.get("smoothing") == default:
+                rows.append({"figure_table": "fig4", "setting": setting, "method": name,
+                             "metric": "auroc_correct_wrong", "seed": spec.seed, "value": auroc})
+            if head == "aux":
+                t = run.predict("test", head="aux")
+                rows.append({"figure_table": "fig8", "setting": setting, "method": spec.method, "metric": "ece_aux",
+                             "seed": spec.seed, "value": expected_calibration_error(t["confidence"], t["correct"], n_bins)})
+                table = reliability_table(t["confidence"], t["correct"], n_bins)
+                table.insert(0, "method", spec.method)
+                table.insert(1, "seed", spec.seed)
+                rel.append(table)
+    samples = pd.concat(samples, ignore_index=True)
+    rel = pd.concat(rel, ignore_index=True) if rel else pd.DataFrame()
+    return samples, rel, measures_frame(rows)
+
+
+# -- Fig. 5 -------------------------------------------------------------------------------------------------
+
+def fig5_gamma_and_epochs(p: Params, setting: str = "n4", gammas=(1.0, 2.0, 3.0, 4.0, 5.0)):
+    """(a) test top-1 vs gamma (weight of the main consistency loss); (c) test top-1 per epoch (convergence).
+    (b) prompt length needs VPT on a ViT: not run offline. Returns (sweep, curves, measures)."""
+    specs = [RunSpec(setting, "finessl", seed, config(p, setting, "finessl", seed, finessl={"gamma": g}),
+                     {"param": "gamma", "param_value": g}) for g in gammas for seed in p.seeds]
+    pairs = fetch(p, specs, "fig 5 runs")
+    sweep = _summary_frame(pairs)
+    curves = []
+    for spec, run in pairs:
+        if spec.labels["param_value"] == spec.cfg.algorithm.finessl.gamma == 3.0 or len(gammas) == 1:
+            m = run.metrics
+            curves += [{"setting": setting, "method": "finessl", "seed": spec.seed, "epoch": int(e),
+                        "metric": "test_top1", "value": float(v)} for e, v in zip(m["epoch"], m["test_top1"])]
+    per_value = sweep.groupby("param_value")["test_top1"].mean()
+    rows = [{"figure_table": "fig5", "setting": setting, "method": "finessl", "metric": "top1_range_gamma",
+             "seed": -1, "value": float(per_value.max() - per_value.min())}]
+    return sweep, pd.DataFrame(curves), measures_frame(rows)
+
+
+# -- Table 5 ------------------------------------------------------------------------------------------------
+
+def table5_training_time(p: Params, setting: str = "n4") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wall time of FixMatch and FineSSL runs (the same runs as Table 1) next to the paper's Table 5."""
+    specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in ("fixmatch", "finessl")
+             for seed in p.seeds]
+    frame = _summary_frame(fetch(p, specs, "table 5 runs"))
+    t = frame.groupby("method")["wall_time_s"].mean()
+    rows = [{"figure_table": "table5", "setting": setting, "method": r.method, "metric": "train_seconds",
+             "seed": r.seed, "value": r.wall_time_s} for r in frame.itertuples()]
+    rows.append({"figure_table": "table5", "setting": setting, "method": "finessl/fixmatch",
+                 "metric": "wall_time_ratio", "seed": -1, "value": float(t["finessl"] / t["fixmatch"])})
+    return frame, measures_frame(rows)
