@@ -56,6 +56,8 @@ def notebook(name: str, title: str, shows: str, claim: str, params: str, code: l
     cells.append(new_markdown_cell(f"**The paper's claim.** {claim}\n\nThe next cell prints, from the data above, "
                                    "whether our runs show it (`holds` / `does not hold` / `not run offline`)."))
     cells.append(new_code_cell(verdict))
+    for i, c in enumerate(cells):  # stable ids: regenerating gives byte-identical files
+        c["id"] = f"{name[:50]}-{i}"
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -277,14 +279,15 @@ for _name, _key, _title, _shows, _claim, _why in [
     SPECS[_name] = paper_only(_name, _key, _title, _shows, _claim, _why)[1]
 
 
-def main() -> int:
-    OUT.mkdir(exist_ok=True)
+def main(out: Path = OUT) -> int:
+    out = Path(out)
+    out.mkdir(exist_ok=True)
     for name, nb in SPECS.items():
         nbformat.validate(nb)
-        nbformat.write(nb, OUT / f"{name}.ipynb")
-    print(f"wrote {len(SPECS)} notebooks to {OUT}")
+        nbformat.write(nb, out / f"{name}.ipynb")
+    print(f"wrote {len(SPECS)} notebooks to {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:2]))
