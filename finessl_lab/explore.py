@@ -1,0 +1,122 @@
+"""Retrain in a loop from the feature cache, for teaching (``notebooks/explore_bias.ipynb``).
+
+:class:`BiasExplorer` builds an experiment once per labels-per-class value (the split changes with it) and then
+retrains the heads from fresh initial weights on every call - a slider change costs one short training run on
+cached features, not a rebuild. Each call returns tidy frames: the sorted pseudo-label class distribution, the
+confidence of correct / wrong / OOD pseudo-labels for each head, and the test reliability table.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import UserError, check_type
+
+KNOBS = {  # name: (config key, lo, hi)
+    "zeta": ("algorithm.finessl.zeta", 0.0, 1.0),
+    "smoothing": ("algorithm.finessl.smoothing", 0.0, 0.99),
+    "alpha_base": ("algorithm.finessl.alpha_base", 0.0, 64.0),
+    "gamma": ("algorithm.finessl.gamma", 0.0, 20.0),
+    "threshold": ("algorithm.threshold", 0.0, 1.0),
+}
+
+
+@dataclass
+class Exploration:
+    """The frames of one training run of the explorer (all tidy), its settings and how long it took."""
+    settings: dict
+    distribution: pd.DataFrame   # class, count, rank (confident pseudo-labels of the main head)
+    confidences: pd.DataFrame    # head, group (correct / wrong / ood), confidence  (unlabeled set, weak view)
+    reliability: pd.DataFrame    # head, bin, lo, hi, count, accuracy, confidence   (test set)
+    summary: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class BiasExplorer:
+    """``BiasExplorer().run(algorithm="fixmatch", labels_per_class=1, ...)`` -> :class:`Exploration`."""
+
+    def __init__(self, profile: str = "embedded", steps: int = 200, seed: int = 1, sets=()):
+        from .presets import resolve
+
+        if profile != "embedded":
+            raise UserError(f"profile={profile!r}: the explorer retrains from the feature cache, which only the "
+                            "embedded profile uses; valid: 'embedded'")
+        check_type("steps", steps, int, "an integer >= 10")
+        if steps < 10:
+            raise UserError(f"steps={steps} is too small; valid: an integer >= 10")
+        self.base = resolve("embedded", sets=list(sets))
+        self.base.run.seed, self.base.run.progress = seed, False
+        self.base.run.epochs, self.base.run.steps_per_epoch = 1, steps
+        self._experiments: dict = {}
+
+    def config(self, algorithm: str = "finessl", labels_per_class: int = 4, **knobs):
+        import copy
+
+        cfg = copy.deepcopy(self.base)
+        cfg.algorithm.name = algorithm
+        cfg.data.labels_per_class = labels_per_class
+        for name, value in knobs.items():
+            if name not in KNOBS:
+                raise UserError(f"unknown knob {name!r}; valid: {', '.join(KNOBS)}")
+            key, lo, hi = KNOBS[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+                raise UserError(f"{name}={value!r} is not valid; valid: a number in [{lo}, {hi}]")
+            cfg.set(key, float(value))
+        return cfg.validate()
+
+    def experiment(self, cfg):
+        from .algorithms import REGISTRY
+        from .build import build_experiment
+
+        key = (cfg.data.labels_per_class, REGISTRY[cfg.algorithm.name].uses_unlabeled)
+        if key not in self._experiments:
+            self._experiments[key] = build_experiment(cfg, uses_unlabeled=key[1], progress=False)
+        return self._experiments[key]
+
+    def run(self, algorithm: str = "finessl", labels_per_class: int = 4, **knobs) -> Exploration:
+        from .diagnostics.metrics import reliability_table
+        from .trainer import Trainer
+
+        cfg = self.config(algorithm, labels_per_class, **knobs)
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, experiment=self.experiment(cfg), progress=False)
+        summary = trainer.fit()
+        e = trainer.exp
+        heads = ["main"] + (["aux"] if getattr(trainer.algorithm, "uses_aux", False) else [])
+        unl = torch.as_tensor(np.asarray(e.split.unlabeled))
+        y_u = torch.as_tensor(np.asarray(e.split_view.targets))[unl]
+        ood_u = torch.as_tensor(np.asarray(e.split_view.ood, dtype=bool))[unl]
+        y_t = torch.as_tensor(np.asarray(e.bundle.test.targets))
+        conf_rows, rel = [], []
+        dist = None
+        for head in heads:
+            pu = self._probs(trainer, e.features["weak"][0][unl], head)
+            cu, pred = pu.max(1)
+            group = np.where(ood_u.numpy(), "ood", np.where((pred == y_u).numpy(), "correct", "wrong"))
+            conf_rows.append(pd.DataFrame({"head": head, "group": group, "confidence": cu.numpy()}))
+            if head == "main":
+                keep = pred[cu >= cfg.algorithm.threshold]
+                counts = torch.bincount(keep, minlength=e.num_classes).numpy()
+                dist = pd.DataFrame({"method": algorithm, "class": np.arange(e.num_classes), "count": counts})
+                dist["rank"] = dist["count"].rank(ascending=False, method="first").astype(int)
+            pt = self._probs(trainer, e.features["test"], head)
+            ct, predt = pt.max(1)
+            table = reliability_table(ct.numpy(), (predt == y_t).numpy())
+            table.insert(0, "head", head)
+            rel.append(table)
+        settings = {"algorithm": algorithm, "labels_per_class": labels_per_class, **knobs}
+        summary = {"test_top1": summary["test_top1"], "steps": summary["steps"]}
+        return Exploration(settings, dist, pd.concat(conf_rows, ignore_index=True), pd.concat(rel, ignore_index=True),
+                           summary, time.perf_counter() - t0)
+
+    @staticmethod
+    @torch.no_grad()
+    def _probs(trainer, x, head: str):
+        model = trainer.exp.model
+        model.eval()
+        h = model.main if head == "main" else model.aux
+        return torch.softmax(h(x.float().to(trainer.exp.device)).float(), 1).cpu()
