@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", default="runs/store", help="run store shared by the notebooks")
     r.add_argument("--out", default="figures", help="figures, CSVs, executed notebooks and REPORT.md")
     r.add_argument("--quick", action="store_true", help="1 seed, 300 steps per run (CI and smoke tests)")
+    r.add_argument("--jobs", type=_typed("--jobs", int), default=1, help="notebooks executed at the same time")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.subcommands = {"train": t, "compare": c, "features": f, "info": i, "reproduce": r}
     return parser
@@ -230,7 +231,7 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     t0 = time.perf_counter()
-    outcomes = reproduce(args.profile, args.only, args.runs_dir, args.out, args.quick)
+    outcomes = reproduce(args.profile, args.only, args.runs_dir, args.out, args.quick, jobs=args.jobs)
     failed = [o for o in outcomes if not o.ok]
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} notebooks ran in {time.perf_counter() - t0:.0f} s; "
           f"report: {Path(args.out) / 'REPORT.md'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,13 @@ def run_notebook(path: Path, out_path: Path, params: dict) -> None:
 
 
 def reproduce(profile: str = "embedded", only=None, runs_dir: str | Path = "runs/store", out: str | Path = "figures",
-              quick: bool = False, notebook_dir: str | Path = NOTEBOOK_DIR, progress: bool = True) -> list[Outcome]:
-    """Execute the selected notebooks; write the report; return one Outcome per notebook."""
+              quick: bool = False, notebook_dir: str | Path = NOTEBOOK_DIR, progress: bool = True,
+              jobs: int = 1) -> list[Outcome]:
+    """Execute the selected notebooks (``jobs`` at a time); write the report; return one Outcome per notebook.
+
+    Notebooks that need the same run share it through the store: one trains it, the other waits and reuses it."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
+        raise UserError(f"--jobs {jobs!r} is not valid; valid: an integer from 1 to 64")
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r} is not valid; valid: {', '.join(PROFILES)}")
     selected = select(notebooks(notebook_dir), only)
@@ -90,19 +96,27 @@ def reproduce(profile: str = "embedded", only=None, runs_dir: str | Path = "runs
     executed = out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     params = parameters_for(profile, quick, str(runs_dir), str(out))
-    outcomes = []
-    bar = progress_bar(list(selected.items()), desc="notebooks", unit="nb", disable=not progress, leave=True)
-    for name, path in bar:
-        bar.set_postfix_str(name)
+    bar = progress_bar(total=len(selected), desc="notebooks", unit="nb", disable=not progress, leave=True)
+
+    def one(item) -> Outcome:
+        name, path = item
         t0 = time.perf_counter()
         try:
             run_notebook(path, executed / path.name, params)
-            outcomes.append(Outcome(name, True, time.perf_counter() - t0))
-        except KeyboardInterrupt:
-            raise
+            return Outcome(name, True, time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001  (reported by name; the other notebooks still run)
-            outcomes.append(Outcome(name, False, time.perf_counter() - t0, _failure(exc)))
-            bar.write(f"FAILED {name}: {outcomes[-1].error}")
+            return Outcome(name, False, time.perf_counter() - t0, _failure(exc))
+
+    done: dict[str, Outcome] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for outcome in pool.map(one, selected.items()) if jobs == 1 else \
+                (f.result() for f in as_completed([pool.submit(one, item) for item in selected.items()])):
+            done[outcome.name] = outcome
+            bar.set_postfix_str(outcome.name)
+            bar.update(1)
+            if not outcome.ok:
+                bar.write(f"FAILED {outcome.name}: {outcome.error}")
+    outcomes = [done[name] for name in selected]
     bar.close()
     note = (f"{EMBEDDED_NOTE}." if profile == "embedded" else "") + (" Quick run: 1 seed, 300 steps." if quick else "")
     write_report(out, profile, note=note.strip())

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +102,21 @@ class RunStore:
                             f"({describe_diff(stored, cfg, changed)}); refusing to reuse it; delete the directory "
                             "to train it again")
 
-    def get(self, cfg: Config, progress: bool | None = None) -> StoredRun:
-        """The run of ``cfg``: reused if finished, resumed if unfinished, trained if missing."""
+    def get(self, cfg: Config, progress: bool | None = None, wait_s: float = 1800.0) -> StoredRun:
+        """The run of ``cfg``: reused if finished, resumed if unfinished, trained if missing. If another process is
+        training it right now (its directory is locked), wait for it (up to ``wait_s``) and reuse its result."""
+        from .io import DirectoryBusy
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._get(cfg, progress)
+            except DirectoryBusy:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _get(self, cfg: Config, progress: bool | None) -> StoredRun:
         from .trainer import train
 
         cfg = copy.deepcopy(cfg)
