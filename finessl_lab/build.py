@@ -47,6 +47,16 @@ class Experiment:
     batches: Callable[[int, int], Iterable[Batch]]   # (first_step, total_steps) -> batches in step order
     eval_sets: dict[str, EvalSet] = field(default_factory=dict)
     feature_path: Path | None = None
+    transforms: object = None            # the data transforms (test / weak / strong), for analysis views
+    features: dict | None = None         # feature-cache mode: the cached features (train_clean, test, weak, strong)
+    initial_state: dict = field(init=False, repr=False)  # the model's trainable weights as built (fresh heads)
+
+    def __post_init__(self):
+        self.initial_state = self.model.trainable_state_dict()
+
+    def reset_model(self) -> None:
+        """Put the fresh, untrained heads (and PEFT weights) back: every Trainer starts from them."""
+        self.model.load_trainable_state_dict(self.initial_state)
 
     @property
     def num_classes(self) -> int:
@@ -123,7 +133,8 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
         evals = {"test": EvalSet(feats["test"].float().to(device), torch.as_tensor(bundle.test.targets))}
         if len(split.val):
             evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
-        return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, path)
+        return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, path,
+                          transforms=transforms, features=feats)
 
     apply_peft(backbone, cfg.model, generator=torch.Generator().manual_seed(cfg.run.seed))
     backbone.to(device)
@@ -150,4 +161,5 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     evals = {"test": image_eval(bundle.test)}
     if len(split.val):
         evals["val"] = image_eval(bundle.train.subset(split.val))
-    return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None)
+    return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None,
+                      transforms=transforms)

@@ -102,6 +102,11 @@ class RunConfig:
     checkpoint_every: int = opt(0, lo=0, help="steps between checkpoints (0 = every epoch)")
     nan_policy: str = opt("stop", choices=("stop", "skip"), help="on a NaN/Inf loss: stop with an error, or skip the step and count it")
     progress: bool = opt(True, help="show progress bars")
+    record: bool = opt(False, help="keep per-sample pseudo-label records, the class distribution and per-epoch ECE / "
+                                   "AUROC / per-class accuracy as tables in <out>/records (finessl_lab.load_run)")
+    record_every: int = opt(0, lo=0, help="per-sample records: every step of every k-th epoch and of the last "
+                                          "(0 = the last epoch only)")
+    tensorboard: bool = opt(False, help="also write TensorBoard logs to <out>/tensorboard (needs the tensorboard package)")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .build import EvalSet, Experiment, build_experiment
 from .config import Config, describe_diff, diff
 from .device import autocast, grad_scaler
 from .errors import Stopped, UserError, check_type
+from .diagnostics.recorders import recorders_from_config
 from .hooks import Hook, PseudoLabelMonitor, StepRecord
 from .progress import progress_bar
 from .rundir import CHECKPOINT, CONFIG, METRICS, RUN_FILES, SUMMARY, check_new_run_dir, held_run_files
@@ -86,20 +87,58 @@ def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+HEADS = ("main", "aux")
+
+
 @torch.no_grad()
-def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int) -> Tensor:
-    """Main-head logits (fp32, CPU) for an evaluation set."""
+def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int, head: str = "main") -> Tensor:
+    """Logits (fp32, CPU) of the ``head`` ('main' or 'aux') for an evaluation set: a feature tensor
+    (feature-cache mode) or a DataLoader of images (image mode). Puts the model in eval mode."""
+    if head not in HEADS:
+        raise UserError(f"head={head!r} is not valid; valid: {', '.join(HEADS)}")
+    model.eval()
+    layer = model.main if head == "main" else model.aux
     inputs = eval_set.inputs
     chunks = inputs.split(batch_size) if isinstance(inputs, Tensor) else inputs
     out = []
     for x in chunks:
         with autocast(device, precision):
-            out.append(model.main(model.features(x.to(device, non_blocking=True))).float().cpu())
-    return torch.cat(out)
+            out.append(layer(model.features(x.to(device, non_blocking=True))).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.main.weight.shape[0] if hasattr(model.main, "weight") else 0)
 
 
 def top1(logits: Tensor, targets: Tensor) -> float:
-    return 100.0 * (logits.argmax(1) == targets).float().mean().item()
+    """Top-1 accuracy in %, counted exactly and rounded to 4 decimals (no float32 noise such as 76.39999985)."""
+    return round(100.0 * int((logits.argmax(1) == targets).sum()) / max(1, len(targets)), 4)
+
+
+class HookError(RuntimeError):
+    """A hook raised: names the hook, the step and the last checkpoint, with the resume hint. The hook's own
+    exception is chained (``__cause__``)."""
+
+
+# config keys that may differ between the Experiment a Trainer reuses and its own config (they change neither
+# the data, the split, the batches nor the model's architecture and initial weights)
+REUSE_ALLOWED = ("algorithm.", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.nesterov",
+                 "optim.schedule", "optim.warmup_steps", "run.epochs", "run.steps_per_epoch", "run.max_steps",
+                 "run.checkpoint_every", "run.nan_policy", "run.record", "run.tensorboard") + RESUME_IGNORED
+
+
+def check_reusable(exp: Experiment, cfg: Config) -> None:
+    """An Experiment may be reused by a Trainer only for a config that builds the same data, split, batches and
+    initial model: otherwise a UserError names the differing keys."""
+    changed = [k for k in diff(exp.cfg, cfg) if not k.startswith(REUSE_ALLOWED)]
+    if changed:
+        raise UserError(f"experiment was built for a different config ({describe_diff(exp.cfg, cfg, changed)}); valid: "
+                        f"reuse an Experiment only when changing algorithm.*, optim.lr / momentum / weight_decay / "
+                        f"schedule / warmup_steps or run.epochs / steps_per_epoch / max_steps; otherwise pass no "
+                        f"experiment (build_experiment(cfg) builds a matching one)")
+    uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
+    if uses_unlabeled != bool(exp.split_view.unlabeled_batch):
+        built = "without" if uses_unlabeled else "with"
+        raise UserError(f"experiment was built {built} unlabeled batches but algorithm {cfg.algorithm.name!r} "
+                        f"{'uses' if uses_unlabeled else 'does not use'} them; valid: build_experiment(cfg, "
+                        f"uses_unlabeled={uses_unlabeled})")
 
 
 @contextmanager
@@ -183,10 +222,13 @@ class Trainer:
             resumed = io.load_checkpoint(self.out / CHECKPOINT)
             self._check_resumable(resumed, cfg)
         uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
+        if experiment is not None:
+            check_reusable(experiment, cfg)
         self.exp = experiment or build_experiment(cfg, uses_unlabeled=uses_unlabeled, progress=self.progress)
         e = self.exp
+        e.reset_model()  # a reused Experiment starts from the same fresh heads (and PEFT weights) as a new one
         self.algorithm = build_algorithm(cfg.algorithm, e.num_classes, len(e.split.unlabeled), e.device)
-        self.hooks = [PseudoLabelMonitor(e.num_classes), *hooks]
+        self.hooks = [PseudoLabelMonitor(e.num_classes), *recorders_from_config(cfg, e), *hooks]
         names = [h.name for h in self.hooks]
         if len(set(names)) != len(names):
             raise UserError(f"hook names must be unique, got {names}; valid: give every hook its own name "
@@ -343,7 +385,7 @@ class Trainer:
         row.update(self.evaluate())
         row["skipped_steps"] = self.skipped
         for h in self.hooks:
-            row.update(h.on_epoch_end(epoch, row) or {})
+            row.update(self._call_hook(h, "on_epoch_end", epoch, row) or {})
         if "val_top1" in row and row["val_top1"] > self.best.get("val_top1", -1.0):
             self.best = {"val_top1": row["val_top1"], "test_top1_at_best_val": row["test_top1"], "epoch": epoch}
         self.rows.append(row)
@@ -355,12 +397,35 @@ class Trainer:
              "epochs_completed": len(self.rows), "seed": self.cfg.run.seed, "dataset": self.cfg.data.dataset,
              "labels_per_class": self.cfg.data.labels_per_class, "backbone": self.cfg.model.backbone,
              "pretrained": self.cfg.model.pretrained, "peft": self.cfg.model.peft,
-             "trainable_params": self.exp.model.num_trainable(), "skipped_steps": self.skipped,
+             "trainable_params": self._trained_params(), "skipped_steps": self.skipped,
              "feature_cache": self.cfg.run.feature_cache, "wall_time_s": round(self.elapsed, 2),
              "device": str(self.exp.device), "precision": self.exp.precision}
         if "val_top1" in last:
             s.update(val_top1=last["val_top1"], best_val=self.best)
         return s
+
+    def _trained_params(self) -> int:
+        """Trainable parameters the algorithm actually trains (the aux head counts only if it is used)."""
+        n = self.exp.model.num_trainable()
+        if not getattr(self.algorithm, "uses_aux", False):
+            n -= sum(p.numel() for p in self.exp.model.aux.parameters())
+        return n
+
+    def _call_hook(self, h: Hook, method: str, *args):
+        """``h.method(*args)``; an exception becomes a :class:`HookError` naming the hook, the step, the last
+        checkpoint and how to resume (a UserError or a stop request passes unchanged)."""
+        try:
+            return getattr(h, method)(*args)
+        except (Stopped, UserError):
+            raise
+        except Exception as exc:  # noqa: BLE001  (re-raised with the hook, the step and the resume hint)
+            raise HookError(f"hook {h.name!r} ({type(h).__name__}.{method}) raised {type(exc).__name__}: {exc} "
+                            f"at step {self.step + (method == 'on_step')} of {self.cfg.total_steps}; last "
+                            f"checkpoint: {self._last_checkpoint()}{self._resume_hint()}") from exc
+
+    def _call_hooks(self, method: str, *args) -> None:
+        for h in self.hooks:
+            self._call_hook(h, method, *args)
 
     def _write_outputs(self, final: bool) -> None:
         if self.out is None:
@@ -390,8 +455,7 @@ class Trainer:
         every = cfg.run.checkpoint_every or spe
         if self.out is not None:
             io.write_text(self.out / CONFIG, cfg.to_yaml())
-        for h in self.hooks:
-            h.on_train_start(self)
+        self._call_hooks("on_train_start", self)
         flag: dict = {}
         t0 = time.perf_counter() - self.elapsed
         bar = progress_bar(total=total, initial=self.step, desc=f"{cfg.algorithm.name} seed {cfg.run.seed}",
@@ -406,8 +470,7 @@ class Trainer:
                     self.exp.model.train()
                     record = self._train_step(batch)
                     if record is not None:
-                        for h in self.hooks:
-                            h.on_step(record)
+                        self._call_hooks("on_step", record)
                     self.step += 1
                     bar.update(1)
                     epoch_end = self.step % spe == 0 or self.step == total
@@ -429,8 +492,7 @@ class Trainer:
             bar.close()
         self.elapsed = time.perf_counter() - t0
         self._write_outputs(final=True)
-        for h in self.hooks:
-            h.on_train_end(self)
+        self._call_hooks("on_train_end", self)
         return self.summary()
 
 
