@@ -29,9 +29,9 @@ KNOBS = {  # name: (config key, lo, hi)
 class Exploration:
     """The frames of one training run of the explorer (all tidy), its settings and how long it took."""
     settings: dict
-    distribution: pd.DataFrame   # class, count, rank (confident pseudo-labels of the main head)
-    confidences: pd.DataFrame    # head, group (correct / wrong / ood), confidence  (unlabeled set, weak view)
-    reliability: pd.DataFrame    # head, bin, lo, hi, count, accuracy, confidence   (test set)
+    distribution: pd.DataFrame   # method, class, count, rank (confident pseudo-labels of the main head)
+    confidences: pd.DataFrame    # head, status (correct / wrong / ood), confidence  (unlabeled set, weak view)
+    test: pd.DataFrame           # head, confidence, correct                          (test set)
     summary: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -78,7 +78,6 @@ class BiasExplorer:
         return self._experiments[key]
 
     def run(self, algorithm: str = "finessl", labels_per_class: int = 4, **knobs) -> Exploration:
-        from .diagnostics.metrics import reliability_table
         from .trainer import Trainer
 
         cfg = self.config(algorithm, labels_per_class, **knobs)
@@ -96,8 +95,8 @@ class BiasExplorer:
         for head in heads:
             pu = self._probs(trainer, e.features["weak"][0][unl], head)
             cu, pred = pu.max(1)
-            group = np.where(ood_u.numpy(), "ood", np.where((pred == y_u).numpy(), "correct", "wrong"))
-            conf_rows.append(pd.DataFrame({"head": head, "group": group, "confidence": cu.numpy()}))
+            status = np.where(ood_u.numpy(), "ood", np.where((pred == y_u).numpy(), "correct", "wrong"))
+            conf_rows.append(pd.DataFrame({"head": head, "status": status, "confidence": cu.numpy()}))
             if head == "main":
                 keep = pred[cu >= cfg.algorithm.threshold]
                 counts = torch.bincount(keep, minlength=e.num_classes).numpy()
@@ -105,9 +104,7 @@ class BiasExplorer:
                 dist["rank"] = dist["count"].rank(ascending=False, method="first").astype(int)
             pt = self._probs(trainer, e.features["test"], head)
             ct, predt = pt.max(1)
-            table = reliability_table(ct.numpy(), (predt == y_t).numpy())
-            table.insert(0, "head", head)
-            rel.append(table)
+            rel.append(pd.DataFrame({"head": head, "confidence": ct.numpy(), "correct": (predt == y_t).numpy()}))
         settings = {"algorithm": algorithm, "labels_per_class": labels_per_class, **knobs}
         summary = {"test_top1": summary["test_top1"], "steps": summary["steps"]}
         return Exploration(settings, dist, pd.concat(conf_rows, ignore_index=True), pd.concat(rel, ignore_index=True),
@@ -120,3 +117,62 @@ class BiasExplorer:
         model.eval()
         h = model.main if head == "main" else model.aux
         return torch.softmax(h(x.float().to(trainer.exp.device)).float(), 1).cpu()
+
+    # -- drawing and widgets -------------------------------------------------------------------------------
+    def figures(self, result: Exploration) -> list:
+        """The three figures of one run: sorted pseudo-label distribution, confidence histograms of both heads,
+        reliability diagram (test set)."""
+        from . import plots
+
+        s = result.settings
+        note = (f"{s['algorithm']}, N={s['labels_per_class']}/class, test top-1 {result.summary['test_top1']:.1f}%; "
+                "MNIST-5k + EfficientNet-Lite0 features (embedded, not CLIP)")
+        return [plots.pseudo_label_distribution(result.distribution, note=note),
+                plots.confidence_histograms(result.confidences.assign(method=s["algorithm"]), note=note),
+                plots.reliability_diagram(result.test, note=note)]
+
+    def widget(self, initial_result: Exploration | None = None, **initial):
+        """ipywidgets UI: on every change, retrain from the feature cache and redraw the three figures (the
+        figures of ``initial_result`` are shown until the first change)."""
+        import ipywidgets as w
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        from .algorithms import REGISTRY
+
+        v = {"algorithm": "finessl", "labels_per_class": 4, "zeta": 0.7, "smoothing": 0.5, "alpha_base": 8.0,
+             "gamma": 3.0, **(initial_result.settings if initial_result else {}), **initial}
+        controls = {
+            "algorithm": w.Dropdown(options=sorted(REGISTRY), value=v["algorithm"], description="algorithm"),
+            "labels_per_class": w.SelectionSlider(options=[1, 2, 4, 8, 16, 32], value=v["labels_per_class"],
+                                                  description="labels/class"),
+            "zeta": w.FloatSlider(value=v["zeta"], min=0.3, max=0.99, step=0.05, description="zeta"),
+            "smoothing": w.FloatSlider(value=v["smoothing"], min=0.0, max=0.9, step=0.1, description="lambda"),
+            "alpha_base": w.FloatSlider(value=v["alpha_base"], min=0.0, max=16.0, step=1.0, description="alpha_base"),
+            "gamma": w.FloatSlider(value=v["gamma"], min=0.0, max=6.0, step=0.5, description="gamma"),
+        }
+        out, status = w.Output(), w.Label()
+
+        def redraw(*_):
+            values = {k: c.value for k, c in controls.items()}
+            with out:
+                out.clear_output(wait=True)
+                t0 = time.perf_counter()
+                result = self.run(values.pop("algorithm"), values.pop("labels_per_class"), **values)
+                for fig in self.figures(result):
+                    display(fig)
+                    plt.close(fig)
+                status.value = (f"retrained in {result.seconds:.2f} s, redrawn in {time.perf_counter() - t0:.2f} s; "
+                                f"test top-1 {result.summary['test_top1']:.1f}%")
+
+        for c in controls.values():
+            c.observe(redraw, names="value")
+        ui = w.VBox([w.HBox(list(controls.values())[:3]), w.HBox(list(controls.values())[3:]), status, out])
+        if initial_result is None:
+            redraw()
+        else:
+            with out:
+                for fig in self.figures(initial_result):
+                    display(fig)
+                    plt.close(fig)
+        return ui

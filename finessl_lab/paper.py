@@ -212,15 +212,14 @@ def fig3_pseudo_label_quality(p: Params, setting: str = "n4", algorithms=("fixma
                               lambdas=(0.1, 0.3, 0.5, 0.7, 0.9), alphas=(2.0, 4.0, 8.0, 16.0)):
     """(a)(b) pseudo-label accuracy and normalised entropy per epoch; (c)(d) test top-1 vs lambda and alpha_base.
 
-    Returns (curves: epoch x method x seed x metric, sweep: param x value x seed, measures)."""
+    Returns (curves: one row per method x seed x epoch with pl_acc and pl_entropy, sweep: one row per run of
+    the sweeps with param, param_value and test_top1, measures)."""
     specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
     curves = []
     for spec, run in fetch(p, specs, "fig 3 curves"):
         m = run.metrics
-        for metric in ("pl_acc", "pl_entropy"):
-            for e, v in zip(m["epoch"], m[metric]):
-                curves.append({"setting": spec.setting, "method": spec.method, "seed": spec.seed, "epoch": int(e),
-                               "metric": metric, "value": float(v)})
+        curves += [{"setting": spec.setting, "method": spec.method, "seed": spec.seed, "epoch": int(r.epoch),
+                    "pl_acc": float(r.pl_acc), "pl_entropy": float(r.pl_entropy)} for r in m.itertuples()]
     curves = pd.DataFrame(curves)
     sweep_specs = [RunSpec(setting, "finessl", seed, config(p, setting, "finessl", seed, finessl={key: v}),
                            {"param": key, "param_value": v})
@@ -228,10 +227,10 @@ def fig3_pseudo_label_quality(p: Params, setting: str = "n4", algorithms=("fixma
                    for seed in p.seeds]
     sweep = _summary_frame(fetch(p, sweep_specs, "fig 3 sweeps"))
     rows = []
-    means = curves.groupby(["method", "seed", "metric"])["value"]
-    for (method, seed, metric), v in means.mean().items():
-        rows.append({"figure_table": "fig3", "setting": setting, "method": method, "metric": f"{metric}_mean",
-                     "seed": seed, "value": v})
+    for (method, seed), g in curves.groupby(["method", "seed"]):
+        for metric in ("pl_acc", "pl_entropy"):
+            rows.append({"figure_table": "fig3", "setting": setting, "method": method, "metric": f"{metric}_mean",
+                         "seed": seed, "value": float(g[metric].mean())})
     for param, g in sweep.groupby("param"):
         per_value = g.groupby("param_value")["test_top1"].mean()
         rows.append({"figure_table": "fig3", "setting": setting, "method": "finessl",
@@ -397,8 +396,9 @@ def fig4_8_confidence(p: Params, setting: str = "n4", lambdas=(0.1, 0.5), n_bins
     """Confidence of correct / wrong (/ OOD) pseudo-labels per head (unlabeled set, weak view): FixMatch's main
     head, FineSSL's main and aux heads for each lambda. Test-set reliability of the aux head per lambda.
 
-    Returns (per-sample confidences, reliability table, measures)."""
-    from .diagnostics.metrics import expected_calibration_error, reliability_table, separation_auroc
+    Returns (unlabeled samples: method, head, seed, confidence, status; test samples of the aux heads: head
+    ('aux, lambda=...'), seed, confidence, correct; measures)."""
+    from .diagnostics.metrics import expected_calibration_error, separation_auroc
     from .runs import load_run
 
     specs = [RunSpec(setting, "fixmatch", seed, config(p, setting, "fixmatch", seed)) for seed in p.seeds]
@@ -410,10 +410,10 @@ def fig4_8_confidence(p: Params, setting: str = "n4", lambdas=(0.1, 0.5), n_bins
         run = load_run(stored.path)
         for head in (("main", "aux") if run.has_aux else ("main",)):
             u = run.predict("unlabeled", head=head, view="weak")
-            group = pd.Series("wrong", index=u.index).where(~u["correct"], "correct").where(~u["is_ood"], "ood")
+            status = pd.Series("wrong", index=u.index).where(~u["correct"], "correct").where(~u["is_ood"], "ood")
             name = f"{'finessl' if spec.method.startswith('lambda') else spec.method}_{head}"
             samples.append(pd.DataFrame({"setting": setting, "method": spec.method, "head": head, "seed": spec.seed,
-                                         "confidence": u["confidence"], "group": group}))
+                                         "confidence": u["confidence"], "status": status}))
             known = ~u["is_ood"]
             auroc = separation_auroc(u["confidence"][known], u["correct"][known])
             rows.append({"figure_table": "fig4", "setting": setting, "method": spec.method, "metric":
@@ -425,10 +425,8 @@ def fig4_8_confidence(p: Params, setting: str = "n4", lambdas=(0.1, 0.5), n_bins
                 t = run.predict("test", head="aux")
                 rows.append({"figure_table": "fig8", "setting": setting, "method": spec.method, "metric": "ece_aux",
                              "seed": spec.seed, "value": expected_calibration_error(t["confidence"], t["correct"], n_bins)})
-                table = reliability_table(t["confidence"], t["correct"], n_bins)
-                table.insert(0, "method", spec.method)
-                table.insert(1, "seed", spec.seed)
-                rel.append(table)
+                rel.append(pd.DataFrame({"head": f"aux, lambda={spec.labels['smoothing']:g}", "seed": spec.seed,
+                                         "confidence": t["confidence"], "correct": t["correct"]}))
     samples = pd.concat(samples, ignore_index=True)
     rel = pd.concat(rel, ignore_index=True) if rel else pd.DataFrame()
     return samples, rel, measures_frame(rows)
@@ -448,7 +446,7 @@ def fig5_gamma_and_epochs(p: Params, setting: str = "n4", gammas=(1.0, 2.0, 3.0,
         if spec.labels["param_value"] == spec.cfg.algorithm.finessl.gamma == 3.0 or len(gammas) == 1:
             m = run.metrics
             curves += [{"setting": setting, "method": "finessl", "seed": spec.seed, "epoch": int(e),
-                        "metric": "test_top1", "value": float(v)} for e, v in zip(m["epoch"], m["test_top1"])]
+                        "test_top1": float(v)} for e, v in zip(m["epoch"], m["test_top1"])]
     per_value = sweep.groupby("param_value")["test_top1"].mean()
     rows = [{"figure_table": "fig5", "setting": setting, "method": "finessl", "metric": "top1_range_gamma",
              "seed": -1, "value": float(per_value.max() - per_value.min())}]

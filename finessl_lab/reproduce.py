@@ -74,6 +74,8 @@ def _failure(exc: BaseException) -> str:
 def run_notebook(path: Path, out_path: Path, params: dict) -> None:
     import papermill as pm
 
+    if "interactive" in pm.inspect_notebook(str(path)):  # widgets degrade to one static run
+        params = {**params, "interactive": False}
     pm.execute_notebook(str(path), str(out_path), parameters=params, progress_bar=False, kernel_name="python3",
                         cwd=str(path.parent.parent), log_output=False)
 

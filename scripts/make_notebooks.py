@@ -88,7 +88,7 @@ spec("table1_main_results", "Table 1: main results (CIFAR-10/100, FOOD-101) - em
      ['frame, measures = paper.table1_main_results(p, settings=settings)\n'
       'frame.groupby(["setting", "method"])["test_top1"].agg(["mean", "std", "count"]).round(2)',
       'from finessl_lab import plots\n'
-      'fig = plots.accuracy_bars(frame, note=p.note)\n'
+      'fig = plots.accuracy_bars(frame, x="setting", hue="method", note=p.note)\n'
       'paper.save("table1_main_results", p, fig, frame, measures)'],
      'print(paper.verdicts("table1_main_results", p, measures))')
 
@@ -116,7 +116,7 @@ spec("fig3_pseudo_label_quality", "Figure 3: pseudo-label accuracy and entropy o
      ['lambdas = paper.check_values("lambdas", lambdas, 0.0, 0.99)\n'
       'alphas = paper.check_values("alphas", alphas, 0.0, 1000.0)\n'
       'curves, sweep, measures = paper.fig3_pseudo_label_quality(p, setting=setting, lambdas=lambdas, alphas=alphas)\n'
-      'curves.groupby(["method", "metric"])["value"].mean().round(3)',
+      'curves.groupby("method")[["pl_acc", "pl_entropy"]].mean().round(3)',
       'from finessl_lab import plots\n'
       'fig = plots.training_curves(curves, note=p.note)\n'
       'paper.save("fig3ab_pseudo_label_quality", p, fig, curves)',
@@ -202,7 +202,7 @@ spec("fig5_gamma_prompts_epochs", "Figure 5: sensitivity to gamma, prompt length
       'fig = plots.sensitivity(paper.sweep_frame(sweep, "gamma"), "gamma", "test_top1", note=p.note)\n'
       'paper.save("fig5a_gamma_sensitivity", p, fig, paper.sweep_frame(sweep, "gamma"), measures)\n'
       'if len(curves):\n'
-      '    fig = plots.training_curves(curves, note=p.note)\n'
+      '    fig = plots.sensitivity(curves, "epoch", "test_top1", note=p.note, title="Test top-1 per epoch (convergence)")\n'
       '    paper.save("fig5c_convergence", p, fig, curves)'],
      'print(paper.verdicts("fig5_gamma_prompts_epochs", p, measures))')
 
@@ -278,6 +278,69 @@ for _name, _key, _title, _shows, _claim, _why in [
 ]:
     SPECS[_name] = paper_only(_name, _key, _title, _shows, _claim, _why)[1]
 
+
+
+def explore_notebook() -> nbformat.NotebookNode:
+    name = "explore_bias"
+    intro = """# Exploring the two biases of semi-supervised fine-tuning (for a class)
+
+Semi-supervised learning (SSL) trains on a few labeled images and many unlabeled ones. The model labels the
+unlabeled images itself (**pseudo-labels**) and learns from the ones it is confident about (FixMatch keeps those
+above a threshold, here 0.7). FineSSL (Gan & Wei, ICML 2024) names two ways this goes wrong when the model is a
+pre-trained foundation model:
+
+**Aggregated bias.** The pre-trained model already prefers some classes. Its confident pseudo-labels therefore
+come mostly from those classes; training on them makes the preference stronger, which makes the next
+pseudo-labels even more one-sided (confirmation bias). Look at the first figure: classes sorted from most to
+least pseudo-labelled. A flat line is balanced; a steep one is biased. FineSSL's *Balanced Margin Softmax* gives
+classes that receive few confident pseudo-labels a larger margin, which pushes the model towards them.
+
+**Cognitive deviation.** The model's confidence does not tell how hard the task is or whether a pseudo-label is
+right: with few labels it is still very sure of itself, and wrong pseudo-labels get confidences as high as correct
+ones, so no threshold separates them. The second figure shows the confidence of correct and wrong pseudo-labels
+for the main head and, for FineSSL, for its auxiliary head trained with *Decoupled Label Smoothing*; the less the
+two histograms overlap, the better confidence works as a sample weight. The third figure is the reliability
+diagram on the test set (accuracy per confidence bin; the diagonal is perfect calibration).
+
+**What to move.**
+- `algorithm`: `fixmatch` vs `finessl` - compare the slope of the first figure and the overlap in the second.
+- `labels/class`: fewer labels make both biases worse (1 or 2 per class).
+- `alpha_base`: 0 switches the balancing margins off - the distribution gets steeper.
+- `lambda`: 0 means no label smoothing on the aux head - watch its confidence histograms and its reliability
+  diagram (stronger smoothing lowers the aux confidence; the paper argues it separates correct from wrong better,
+  even when the calibration gets worse).
+- `zeta` (the confidence that counts towards a class's learning pace) and `gamma` (weight of the unlabeled loss).
+
+Every change retrains the heads from scratch on cached features of 5,000 MNIST digits (EfficientNet-Lite0,
+ImageNet weights, frozen - **not CLIP**; the data and the backbone are small so that this runs on a laptop). A
+change redraws in about 2 s on 2 CPU cores (`tests/test_explore.py` measures it); the first time a label count is
+chosen its split is built, which takes a few seconds more. Under papermill (`finessl-lab reproduce`) the notebook
+makes one static run with the default values and saves its figures.
+"""
+    cells = [new_markdown_cell(intro)]
+    pcell = new_code_cell(COMMON_PARAMS + '\n# training steps per slider change (each retrains from fresh heads)\n'
+                          'explore_steps = 100\n# False under papermill: one static run, no widgets\ninteractive = True')
+    pcell.metadata["tags"] = ["parameters"]
+    cells.append(pcell)
+    cells.append(new_code_cell(SETUP + '\nfrom finessl_lab.explore import BiasExplorer\n'
+                               'explorer = BiasExplorer(p.profile, steps=explore_steps, seed=p.seeds[0], sets=p.sets)'))
+    cells.append(new_code_cell(
+        'result = explorer.run()   # the default values: FineSSL, 4 labels per class\n'
+        'figures = explorer.figures(result)\n'
+        'for fig, part in zip(figures, ("distribution", "confidence", "reliability")):\n'
+        '    paper.save(f"explore_bias_{part}", p, fig)\n'
+        'print(f"one run: {result.seconds:.2f} s, test top-1 {result.summary[\'test_top1\']:.1f}%")'))
+    cells.append(new_markdown_cell("Move the sliders below (in JupyterLab; under papermill this cell does nothing)."))
+    cells.append(new_code_cell('if interactive:\n    display(explorer.widget(initial_result=result))'))
+    for i, c in enumerate(cells):
+        c["id"] = f"{name}-{i}"
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+SPECS["explore_bias"] = explore_notebook()
 
 def main(out: Path = OUT) -> int:
     out = Path(out)
