@@ -1,4 +1,4 @@
-"""The ``finessl-lab`` command line: train, compare, features, info.
+"""The ``finessl-lab`` command line: train, compare, features, info, diagnose.
 
 Every bad input exits with status 2 and one line ``error: ...`` on stderr naming the value and what is valid
 (``--debug`` adds the traceback). Nothing is written before the inputs are validated.
@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="redo runs that already finished")
     f = sub.add_parser("features", help="compute the frozen-backbone feature cache")
     _common(f)
+    dg = sub.add_parser("diagnose", help="per-run diagnostics of finished runs: top-1, ECE and AUROC of both heads, "
+                                         "pseudo-label entropy (finessl_lab.diagnostics.summarize_runs)")
+    dg.add_argument("runs", nargs="+", help="run directories, or directories of runs (e.g. a compare --out)")
+    dg.add_argument("--out", help="also write the per-run table to this CSV file")
+    dg.add_argument("--device", help="device for the predictions (default: each run's run.device)")
     i = sub.add_parser("info", help="versions, device, locally available weights and datasets")
     i.add_argument("--cache-dir", default="")
     i.add_argument("--data-root", default="")
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="1 seed, 300 steps per run (CI and smoke tests)")
     r.add_argument("--jobs", type=_typed("--jobs", int), default=1, help="notebooks executed at the same time")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.subcommands = {"train": t, "compare": c, "features": f, "info": i, "reproduce": r}
+    parser.subcommands = {"train": t, "compare": c, "features": f, "diagnose": dg, "info": i, "reproduce": r}
     return parser
 
 
@@ -218,6 +223,27 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    import pandas as pd
+
+    from . import io
+    from .diagnostics.summary import aggregate, summarize_runs
+    from .runs import as_runs, load_run
+
+    runs = [load_run(r.dir, device=args.device) for r in as_runs(args.runs)] if args.device else as_runs(args.runs)
+    table = summarize_runs(runs)
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(table.round(4).to_string(index=False))
+        print()
+        print(aggregate(table).round(4).set_index("algorithm").T.to_string())
+    if args.out:
+        io.write_csv(Path(args.out), table)
+        print(f"\nper-run table: {args.out}")
+    if any(r.config.model.backbone == "efficientnet_lite0" for r in runs):
+        print(EMBEDDED_NOTE)
+    return 0
+
+
 def cmd_info(args) -> int:
     from .info import info_lines
 
@@ -241,7 +267,7 @@ def cmd_reproduce(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "features": cmd_features, "info": cmd_info,
-            "reproduce": cmd_reproduce}
+            "diagnose": cmd_diagnose, "reproduce": cmd_reproduce}
 
 
 @contextmanager

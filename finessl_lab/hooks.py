@@ -14,6 +14,15 @@ from torch import Tensor
 
 @dataclass
 class StepRecord:
+    """What a hook sees after every optimiser step (tensors may live on the training device; unlabeled fields are
+    None for algorithms that use no unlabeled data).
+
+    Fields: ``step`` (0-based step just taken), ``epoch`` (0-based), ``logs`` (the step's scalar losses and
+    statistics, e.g. loss_x, loss_u, mask_ratio), ``u_index`` [U] (position of each unlabeled sample in the
+    unlabeled set, the ``index`` of ``Run.predict('unlabeled')``), ``probs_main`` / ``probs_aux`` [U, C]
+    (fp32 weak-view probabilities of the main / aux head; aux None without an aux head), ``pseudo_label`` [U],
+    ``mask`` [U] (0/1), ``weight`` [U] (the loss weight actually used), ``y_true`` [U] and ``is_ood`` [U]
+    (for analysis only: never used for training)."""
     step: int
     epoch: int
     logs: dict[str, float]
@@ -28,21 +37,34 @@ class StepRecord:
 
 
 class Hook:
+    """Base class of training hooks: subclass it, give it a unique ``name`` and override what you need.
+
+    The trainer calls ``on_train_start`` once (also after a resume), ``on_step`` after every optimiser step,
+    ``on_epoch_end`` after each epoch's evaluation (return a dict to add columns to metrics.csv) and
+    ``on_train_end`` after the last step. An exception stops training with a
+    :class:`~finessl_lab.trainer.HookError` naming the hook and the step."""
+
     name: str = "hook"
 
-    def on_train_start(self, trainer) -> None: ...
+    def on_train_start(self, trainer) -> None:
+        """Before the first step (``trainer.step`` > 0 after a resume); ``trainer.out`` is the run directory."""
 
-    def on_step(self, record: StepRecord) -> None: ...
+    def on_step(self, record: StepRecord) -> None:
+        """After every optimiser step (steps skipped by run.nan_policy=skip are not reported)."""
 
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
+        """After the epoch's evaluation; ``row`` is its metrics.csv row so far. Return extra columns or None."""
         return None
 
-    def on_train_end(self, trainer) -> None: ...
+    def on_train_end(self, trainer) -> None:
+        """After the last step, once metrics.csv and summary.json are written."""
 
     def state_dict(self) -> dict:
+        """The hook's state, saved in every checkpoint (tensors, numbers, lists, dicts, numpy arrays)."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the state given by :meth:`state_dict` when a run resumes."""
 
 
 @dataclass

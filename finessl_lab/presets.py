@@ -61,7 +61,11 @@ def preset(name: str) -> dict:
 
 def resolve(preset_name: str | None = None, config_file: str | None = None, flags: dict | None = None,
             sets: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults < preset < YAML file < dedicated flags (dotted key -> value) < ``--set key=value`` items."""
+    """Defaults < preset < YAML file < dedicated flags (dotted key -> value) < ``--set key=value`` items.
+
+    ``flags`` mirrors the CLI's dedicated flags: a value of ``None`` means "flag not given" and leaves the key at
+    its preset / file value (it never sets a key to None). To set a key explicitly, give a real value here or
+    use ``sets``; ``Config.validate`` rejects a None stored in the config by other means."""
     if isinstance(sets, str):
         raise UserError(f"sets={sets!r} is a string; valid: a list of 'key=value' items, e.g. [{sets!r}]")
     cfg = Config()

@@ -224,8 +224,10 @@ class Run:
             y = np.asarray(e.split_view.targets, dtype=np.int64)[idx]
             sample, ood = idx, np.asarray(e.split_view.ood, dtype=bool)[idx]
         pred = p.argmax(1)
-        return pd.DataFrame({"index": np.arange(len(y)), "dataset_index": sample, "y_true": y, "is_ood": ood, "pred": pred,
-                             "confidence": p.max(1), "correct": (pred == y) & ~ood, "probs": list(p)})
+        frame = pd.DataFrame({"index": np.arange(len(y)), "dataset_index": sample, "y_true": y, "is_ood": ood,
+                              "pred": pred, "confidence": p.max(1), "correct": (pred == y) & ~ood, "probs": list(p)})
+        frame.attrs["note"] = self.note  # figures' default footnote
+        return frame
 
 
 def figure_note(cfg: Config) -> str:

@@ -46,7 +46,17 @@ def finessl_run(tmp_path_factory):
 
 def test_top_level_exports():
     for name in ("resolve", "train", "load_run", "Hook", "StepRecord", "Run", "Config"):
-        assert hasattr(fl, name) and getattr(fl, name).__doc__ or name in ("Hook", "StepRecord")
+        assert name in fl.__all__ and getattr(fl, name).__doc__
+    # every public function of the analysis modules is documented
+    import inspect
+
+    from finessl_lab import plots
+    from finessl_lab.diagnostics import frames, metrics, recorders, summary
+
+    for mod in (metrics, recorders, summary, frames, plots):
+        for n, obj in vars(mod).items():
+            if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == mod.__name__:
+                assert obj.__doc__, f"{mod.__name__}.{n} has no docstring"
 
 
 def test_load_run_round_trip_predictions_equal_end_of_training(finessl_run):
