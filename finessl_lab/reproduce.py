@@ -71,6 +71,30 @@ def _failure(exc: BaseException) -> str:
     return where + " ".join(f"{ename}: {evalue}".split())[:400]
 
 
+def _title(path: Path) -> str:
+    import nbformat
+
+    first = nbformat.read(path, as_version=4).cells[0].source.splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def write_gallery(out: str | Path, notebook_dir: str | Path = NOTEBOOK_DIR, header: str = "") -> Path:
+    """``<out>/README.md``: one line per figure file (PNG) with the title of the notebook that drew it."""
+    from . import io
+
+    out = Path(out)
+    books = notebooks(notebook_dir)
+    lines = ["# figures/", "", header or "Figures drawn by `finessl-lab reproduce` (see REPORT.md for the claims).", "",
+             "Each figure has an SVG twin and the tidy CSV behind it; `*_measures.csv` feed the claims report.", ""]
+    for png in sorted(out.glob("*.png")):
+        stem = png.stem
+        key = re.match(r"(fig\d+|table\d+|explore_bias)", stem)
+        book = next((n for n in books if key and (n == key.group(1) or n.startswith(key.group(1) + "_"))), None)
+        title = _title(books[book]) if book else ""
+        lines.append(f"- [`{png.name}`]({png.name}) - {title}" + (f" (`notebooks/{book}.ipynb`)" if book else ""))
+    return io.write_text(out / "README.md", "\n".join(lines) + "\n")
+
+
 def run_notebook(path: Path, out_path: Path, params: dict) -> None:
     import papermill as pm
 
@@ -122,4 +146,6 @@ def reproduce(profile: str = "embedded", only=None, runs_dir: str | Path = "runs
     bar.close()
     note = (f"{EMBEDDED_NOTE}." if profile == "embedded" else "") + (" Quick run: 1 seed, 300 steps." if quick else "")
     write_report(out, profile, note=note.strip())
+    write_gallery(out, notebook_dir, f"Figures of `finessl-lab reproduce --profile {profile}{' --quick' if quick else ''}`; "
+                  + (f"{EMBEDDED_NOTE}. " if profile == "embedded" else "") + "Claims: REPORT.md.")
     return outcomes
