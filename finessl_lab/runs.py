@@ -144,7 +144,7 @@ class Run:
         """The trained SSLModel (backbone + PEFT + main and aux heads), in eval mode."""
         return self.experiment.model
 
-    @property
+    @cached_property
     def has_aux(self) -> bool:
         """Whether the algorithm trains the aux head (FineSSL with DLS); otherwise the aux head is untrained."""
         from .algorithms import build_algorithm
@@ -190,7 +190,7 @@ class Run:
     def predict_proba(self, split: str = "test", head: str = "main", view: str = "clean") -> np.ndarray:
         """Softmax probabilities [N, C] (float32) of ``head`` on ``split`` in ``view`` (rows in split order)."""
         from .build import EvalSet
-        from .trainer import predict
+        from .trainer import predict_features
 
         check_choice("split", split, SPLITS)
         check_choice("head", head, HEADS)
@@ -199,12 +199,14 @@ class Run:
             raise UserError(f"algorithm {self.config.algorithm.name!r} trains no aux head (its aux head is an untrained "
                             "copy of the initial main head); valid: head='main', or a FineSSL run with dls=true")
         key = (split, head, view)
-        if key not in self._cache:
+        if key not in self._cache:  # one backbone pass gives both heads
             e = self.experiment
             inputs, _ = self._inputs(split, view)
-            logits = predict(e.model, EvalSet(inputs, torch.zeros(0)), e.device, e.precision,
-                             self.config.run.eval_batch_size, head=head)
-            self._cache[key] = torch.softmax(logits.float(), dim=1).numpy()
+            heads = ("main", "aux") if self.has_aux else ("main",)
+            logits = predict_features(e.model, EvalSet(inputs, torch.zeros(0)), e.device, e.precision,
+                                      self.config.run.eval_batch_size, heads=heads)
+            for h in heads:
+                self._cache[(split, h, view)] = torch.softmax(logits[h].float(), dim=1).numpy()
         return self._cache[key]
 
     def predict(self, split: str = "test", head: str = "main", view: str = "clean") -> pd.DataFrame:

@@ -96,15 +96,24 @@ def predict(model, eval_set: EvalSet, device, precision: str, batch_size: int, h
     (feature-cache mode) or a DataLoader of images (image mode). Puts the model in eval mode."""
     if head not in HEADS:
         raise UserError(f"head={head!r} is not valid; valid: {', '.join(HEADS)}")
+    return predict_features(model, eval_set, device, precision, batch_size, heads=(head,))[head]
+
+
+@torch.no_grad()
+def predict_features(model, eval_set: EvalSet, device, precision: str, batch_size: int,
+                     heads: tuple[str, ...] = ("main",)) -> dict[str, Tensor]:
+    """One backbone pass over an evaluation set: {head: logits (fp32, CPU)} for each of ``heads``, plus
+    {"features": [N, D] fp32 CPU} if "features" is in ``heads``. Puts the model in eval mode."""
     model.eval()
-    layer = model.main if head == "main" else model.aux
     inputs = eval_set.inputs
     chunks = inputs.split(batch_size) if isinstance(inputs, Tensor) else inputs
-    out = []
+    out: dict[str, list] = {h: [] for h in heads}
     for x in chunks:
         with autocast(device, precision):
-            out.append(layer(model.features(x.to(device, non_blocking=True))).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.main.weight.shape[0] if hasattr(model.main, "weight") else 0)
+            f = model.features(x.to(device, non_blocking=True))
+            for h in heads:
+                out[h].append((f if h == "features" else getattr(model, h)(f)).float().cpu())
+    return {h: torch.cat(v) for h, v in out.items()}
 
 
 def top1(logits: Tensor, targets: Tensor) -> float:
@@ -373,9 +382,11 @@ class Trainer:
 
     # -- evaluation & bookkeeping ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
+        """Top-1 of the main head on every evaluation set; the logits stay in ``self.eval_logits`` for hooks."""
         e = self.exp
-        return {f"{name}_top1": top1(predict(e.model, s, e.device, e.precision, self.cfg.run.eval_batch_size),
-                                     s.targets) for name, s in e.eval_sets.items()}
+        self.eval_logits = {name: predict(e.model, s, e.device, e.precision, self.cfg.run.eval_batch_size)
+                            for name, s in e.eval_sets.items()}
+        return {f"{name}_top1": top1(self.eval_logits[name], s.targets) for name, s in e.eval_sets.items()}
 
     def _end_epoch(self, epoch: int) -> dict:
         n = self.accum.pop("_n", 0.0)

@@ -249,7 +249,10 @@ class EpochMetricsRecorder(_Recorder):
             if head not in heads:
                 out[f"test_ece_{head}"] = math.nan
                 continue
-            p = torch.softmax(predict(e.model, s, e.device, e.precision, t.cfg.run.eval_batch_size, head=head), 1)
+            logits = getattr(t, "eval_logits", {}).get("test") if head == "main" else None  # the trainer's own
+            if logits is None:
+                logits = predict(e.model, s, e.device, e.precision, t.cfg.run.eval_batch_size, head=head)
+            p = torch.softmax(logits, 1)
             conf, pred = p.max(1)
             y = s.targets.cpu()
             out[f"test_ece_{head}"] = M.expected_calibration_error(conf, pred == y, self.n_bins)
