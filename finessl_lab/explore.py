@@ -39,7 +39,7 @@ class Exploration:
 class BiasExplorer:
     """``BiasExplorer().run(algorithm="fixmatch", labels_per_class=1, ...)`` -> :class:`Exploration`."""
 
-    def __init__(self, profile: str = "embedded", steps: int = 200, seed: int = 1, sets=()):
+    def __init__(self, profile: str = "embedded", steps: int = 100, seed: int = 1, sets=(), max_points: int = 2000):
         from .presets import resolve
 
         if profile != "embedded":
@@ -52,6 +52,9 @@ class BiasExplorer:
         self.base.run.seed, self.base.run.progress = seed, False
         self.base.run.epochs, self.base.run.steps_per_epoch = 1, steps
         self._experiments: dict = {}
+        # the confidence histograms use at most this many unlabeled samples (a fixed random subset): drawing
+        # 4,000 x 2 heads costs more than the training itself, and 2,000 give the same picture
+        self.max_points = max_points
 
     def config(self, algorithm: str = "finessl", labels_per_class: int = 4, **knobs):
         import copy
@@ -87,6 +90,9 @@ class BiasExplorer:
         e = trainer.exp
         heads = ["main"] + (["aux"] if getattr(trainer.algorithm, "uses_aux", False) else [])
         unl = torch.as_tensor(np.asarray(e.split.unlabeled))
+        show = torch.arange(len(unl))
+        if len(unl) > self.max_points:
+            show = torch.randperm(len(unl), generator=torch.Generator().manual_seed(0))[: self.max_points].sort().values
         y_u = torch.as_tensor(np.asarray(e.split_view.targets))[unl]
         ood_u = torch.as_tensor(np.asarray(e.split_view.ood, dtype=bool))[unl]
         y_t = torch.as_tensor(np.asarray(e.bundle.test.targets))
@@ -96,7 +102,8 @@ class BiasExplorer:
             pu = self._probs(trainer, e.features["weak"][0][unl], head)
             cu, pred = pu.max(1)
             status = np.where(ood_u.numpy(), "ood", np.where((pred == y_u).numpy(), "correct", "wrong"))
-            conf_rows.append(pd.DataFrame({"head": head, "status": status, "confidence": cu.numpy()}))
+            conf_rows.append(pd.DataFrame({"head": head, "status": status[show.numpy()],
+                                           "confidence": cu[show].numpy()}))
             if head == "main":
                 keep = pred[cu >= cfg.algorithm.threshold]
                 counts = torch.bincount(keep, minlength=e.num_classes).numpy()

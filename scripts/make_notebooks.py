@@ -313,9 +313,10 @@ diagram on the test set (accuracy per confidence bin; the diagonal is perfect ca
 
 Every change retrains the heads from scratch on cached features of 5,000 MNIST digits (EfficientNet-Lite0,
 ImageNet weights, frozen - **not CLIP**; the data and the backbone are small so that this runs on a laptop). A
-change redraws in about 2 s on 2 CPU cores (`tests/test_explore.py` measures it); the first time a label count is
-chosen its split is built, which takes a few seconds more. Under papermill (`finessl-lab reproduce`) the notebook
-makes one static run with the default values and saves its figures.
+change costs about 1.2-2.2 CPU-seconds (100 training steps, predictions, three figures; measured on 2 CPU cores,
+where it is also the wall time when the machine is otherwise idle; `tests/test_explore.py` checks <= 2 s). The
+first time a label count is chosen its split is built, which takes a few seconds more. Under papermill
+(`finessl-lab reproduce`) the notebook makes one static run with the default values and saves its figures.
 """
     cells = [new_markdown_cell(intro)]
     pcell = new_code_cell(COMMON_PARAMS + '\n# training steps per slider change (each retrains from fresh heads)\n'
