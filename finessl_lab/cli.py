@@ -88,7 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--debug", action="store_true")
     pr = sub.add_parser("presets", help="list every preset with one line each")
     pr.add_argument("--debug", action="store_true")
-    parser.subcommands = {"train": t, "compare": c, "features": f, "info": i, "presets": pr}
+    r = sub.add_parser("reproduce", help="run the paper's figure/table notebooks (papermill) and write the claims report")
+    r.add_argument("--profile", default="embedded", help="embedded (offline, CPU) or paper (CLIP presets, GPU)")
+    r.add_argument("--only", help="comma-separated notebooks, e.g. fig2,table6 (default: all)")
+    r.add_argument("--runs-dir", default="runs/store", help="run store shared by the notebooks")
+    r.add_argument("--out", default="figures", help="figures, CSVs, executed notebooks and REPORT.md")
+    r.add_argument("--quick", action="store_true", help="1 seed, 300 steps per run (CI and smoke tests)")
+    r.add_argument("--jobs", type=_typed("--jobs", int), default=1, help="notebooks executed at the same time")
+    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.subcommands = {"train": t, "compare": c, "features": f, "diagnose": dg, "info": i, "presets": pr,
+                          "reproduce": r}
     return parser
 
 
@@ -255,8 +264,23 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    import time
+
+    from .reproduce import reproduce
+
+    t0 = time.perf_counter()
+    outcomes = reproduce(args.profile, args.only, args.runs_dir, args.out, args.quick, jobs=args.jobs)
+    failed = [o for o in outcomes if not o.ok]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} notebooks ran in {time.perf_counter() - t0:.0f} s; "
+          f"report: {Path(args.out) / 'REPORT.md'}")
+    for o in failed:
+        print(f"failed: {o.name}: {o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "features": cmd_features, "info": cmd_info,
-            "diagnose": cmd_diagnose, "presets": cmd_presets}
+            "diagnose": cmd_diagnose, "presets": cmd_presets, "reproduce": cmd_reproduce}
 
 
 @contextmanager

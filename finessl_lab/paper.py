@@ -1,0 +1,468 @@
+"""The paper's experiments as library calls: what runs each figure / table needs, as tidy frames.
+
+A notebook in ``notebooks/`` holds a ``parameters`` cell, then calls :func:`parameters` (validation: a bad value
+is a one-line :class:`~finessl_lab.errors.UserError` naming the parameter), one function of this module (which
+gets its runs from the shared :class:`~finessl_lab.store.RunStore`: reused, resumed or trained), one
+``finessl_lab.plots`` function, and :func:`save` (PNG + SVG + the tidy CSV behind the figure + the measures the
+claims report reads).
+
+Profiles:
+
+- ``embedded``: offline, CPU. 5,000 real MNIST digits and an ImageNet-pretrained EfficientNet-Lite0 (frozen,
+  cached features): the paper's experiment's offline counterpart (labels per class N1/N2/N4 instead of
+  CIFAR/Food settings). NOT CLIP: its numbers are compared with the paper's in direction, never in size.
+- ``paper``: the paper's presets (CLIP ViT-B/16 + VPT-deep), for a GPU box with the datasets and weights.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from . import io
+from .claims import MEASURE_COLUMNS, claim_sentences, measures_frame
+from .errors import UserError, check_type
+
+if TYPE_CHECKING:  # imported lazily: a notebook that only shows the paper's numbers need not import torch
+    from .config import Config
+    from .store import RunStore, StoredRun
+
+PROFILES = ("embedded", "paper")
+EMBEDDED_NOTE = ("embedded profile: MNIST-5k digits + ImageNet EfficientNet-Lite0 (frozen, cached features), "
+                 "NOT CLIP ViT-B/16 - compare directions with the paper, not numbers")
+QUICK = {"seeds": [1], "epochs": 3, "steps": 300}
+#: embedded counterparts of the paper's label settings (MNIST-5k, labels per class)
+EMBEDDED_SETTINGS = {"n1": 1, "n2": 2, "n4": 4, "n8": 8, "n16": 16}
+#: the paper preset used for each setting under the paper profile
+PAPER_SETTINGS = {"n1": "cifar10_n1", "n2": "cifar10_n2", "n4": "cifar100_n4", "n25": "cifar100_n25",
+                  "n100": "cifar100_n100"}
+#: Table 6: the ablations, each a set of algorithm.finessl flags (all exist in FineSSLOptions)
+ABLATIONS = {
+    "finessl": {},
+    "no_bms": {"bms": False},
+    "fixed_alpha": {"dynamic_alpha": False},
+    "no_bms_supervised": {"bms_supervised": False},
+    "no_dls": {"dls": False},
+    "smoothing_on_main": {"smoothing_on_main": True},
+    "no_detach": {"detach_aux": False},
+}
+
+
+@dataclass
+class Params:
+    """A notebook's validated parameters."""
+    profile: str = "embedded"
+    seeds: list = field(default_factory=lambda: [1, 2, 3])
+    epochs: int = 0          # 0 = the profile's default (embedded 10, paper 30)
+    steps: int = 0           # total steps; 0 = the profile's default (embedded 2,000, paper 15,000)
+    runs_dir: str = "runs/store"
+    out_dir: str = "figures"
+    sets: list = field(default_factory=list)   # extra 'key=value' config overrides applied to every run
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def note(self) -> str:
+        return EMBEDDED_NOTE if self.profile == "embedded" else "paper profile: CLIP ViT-B/16 + VPT-deep (50 tokens)"
+
+    @property
+    def store(self) -> "RunStore":
+        from .store import RunStore
+
+        return RunStore(self.runs_dir)
+
+
+def parameters(profile="embedded", seeds=(1, 2, 3), epochs=0, steps=0, runs_dir="runs/store", out_dir="figures",
+               sets=(), **extra) -> Params:
+    """Validate a notebook's parameter cell; a bad value raises a one-line UserError naming the parameter."""
+    if profile not in PROFILES:
+        raise UserError(f"parameter profile={profile!r} is not valid; valid: {', '.join(PROFILES)}")
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    check_type("parameter seeds", seeds, (list, tuple), "a list of non-negative integers, e.g. [1, 2, 3]")
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise UserError(f"parameter seeds={list(seeds)!r} is not valid; valid: a non-empty list of non-negative "
+                        "integers, e.g. [1, 2, 3]")
+    for name, value in (("epochs", epochs), ("steps", steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UserError(f"parameter {name}={value!r} is not valid; valid: an integer >= 0 (0 = the profile's "
+                            "default)")
+    if epochs and steps and steps < epochs:
+        raise UserError(f"parameter steps={steps} is smaller than epochs={epochs}; valid: steps >= epochs")
+    for name, value in (("runs_dir", runs_dir), ("out_dir", out_dir)):
+        check_type(f"parameter {name}", value, (str, os.PathLike), "a directory path")
+        if not str(value).strip():
+            raise UserError(f"parameter {name}='' is empty; valid: a directory path")
+        io.check_writable_dir(value, f"parameter {name}")
+    check_type("parameter sets", sets, (list, tuple), "a list of 'key=value' config overrides, e.g. "
+               "['data.subsample_per_class=20']")
+    if sets:
+        from .config import parse_set
+        from .presets import resolve
+
+        try:
+            resolve("embedded" if profile == "embedded" else "cifar100_n4", sets=list(sets))
+        except UserError as e:
+            raise UserError(f"parameter sets: {e}") from None
+    return Params(profile, list(dict.fromkeys(seeds)), epochs, steps, str(runs_dir), str(out_dir), list(sets), extra)
+
+
+def check_values(name: str, values, lo: float, hi: float, kind=float) -> list:
+    """A notebook's own knob: a non-empty list of numbers in [lo, hi] (one-line error naming it otherwise)."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    ok = isinstance(values, (list, tuple)) and values and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi and (kind is float or float(v).is_integer())
+        for v in values)
+    if not ok:
+        raise UserError(f"parameter {name}={values!r} is not valid; valid: a non-empty list of "
+                        f"{'numbers' if kind is float else 'integers'} in [{lo}, {hi}]")
+    return [kind(v) for v in values]
+
+
+def config(p: Params, setting: str = "n4", algorithm: str = "finessl", seed: int = 1, finessl: dict | None = None,
+           sets: dict | None = None) -> "Config":
+    """The resolved config of one run of the profile: setting, algorithm, seed, FineSSL flags, budget."""
+    from .presets import resolve
+
+    valid = EMBEDDED_SETTINGS if p.profile == "embedded" else PAPER_SETTINGS
+    if setting not in valid:
+        raise UserError(f"parameter setting {setting!r} is not valid under profile {p.profile!r}; valid: "
+                        f"{', '.join(valid)}")
+    if p.profile == "embedded":
+        cfg = resolve("embedded", flags={"data.labels_per_class": EMBEDDED_SETTINGS[setting]})
+    else:
+        cfg = resolve(PAPER_SETTINGS[setting])
+    cfg.algorithm.name, cfg.run.seed, cfg.run.progress = algorithm, seed, False
+    for k, v in (finessl or {}).items():
+        cfg.set(f"algorithm.finessl.{k}", v)
+    for k, v in (sets or {}).items():
+        cfg.set(k, v)
+    from .config import parse_set
+
+    for item in p.sets:
+        cfg.set(*parse_set(item))
+    epochs = p.epochs or cfg.run.epochs
+    steps = p.steps or cfg.run.epochs * cfg.run.steps_per_epoch
+    cfg.run.epochs, cfg.run.steps_per_epoch = epochs, max(1, steps // epochs)
+    return cfg.validate()
+
+
+@dataclass
+class RunSpec:
+    """One run a figure needs, with the labels it carries into the tidy frames."""
+    setting: str
+    method: str
+    seed: int
+    cfg: "Config"
+    labels: dict = field(default_factory=dict)
+
+
+def fetch(p: Params, specs: list[RunSpec], desc: str = "runs") -> list[tuple[RunSpec, "StoredRun"]]:
+    """Get every run from the store (reused / resumed / trained), with one progress bar."""
+    runs = p.store.get_many([s.cfg for s in specs], progress=True, desc=desc)
+    return list(zip(specs, runs))
+
+
+def _summary_frame(pairs) -> pd.DataFrame:
+    rows = []
+    for spec, run in pairs:
+        s = run.summary
+        rows.append({"setting": spec.setting, "method": spec.method, "seed": spec.seed, **spec.labels,
+                     "test_top1": round(float(s["test_top1"]), 2), "wall_time_s": s["wall_time_s"],
+                     "steps": s["steps"], "run": run.path.name})
+    return pd.DataFrame(rows)
+
+
+# -- Table 1 ------------------------------------------------------------------------------------------------
+
+def table1_main_results(p: Params, settings=("n1", "n2", "n4"),
+                        algorithms=("supervised", "fixmatch", "finessl")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test top-1 per setting x algorithm x seed. Returns (tidy frame, measures)."""
+    specs = [RunSpec(s, a, seed, config(p, s, a, seed)) for s in settings for a in algorithms for seed in p.seeds]
+    frame = _summary_frame(fetch(p, specs, "table 1 runs"))
+    measures = [{"figure_table": "table1", "setting": r.setting, "method": r.method, "metric": "top1",
+                 "seed": r.seed, "value": r.test_top1} for r in frame.itertuples()]
+    return frame, measures_frame(measures)
+
+
+# -- Table 6 ------------------------------------------------------------------------------------------------
+
+def table6_ablations(p: Params, setting: str = "n4", ablations: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """FineSSL with each component of Table 6 switched off (flags under algorithm.finessl)."""
+    ablations = dict(ABLATIONS if ablations is None else ablations)
+    if p.profile == "embedded":
+        # cached features, frozen backbone (peft=linear): no gradient reaches a backbone, so detach_aux changes
+        # nothing; this ablation needs trainable PEFT parameters (paper profile, or image mode)
+        ablations.pop("no_detach", None)
+    specs = [RunSpec(setting, name, seed, config(p, setting, "finessl", seed, finessl=flags),
+                     {"flags": ", ".join(f"{k}={v}" for k, v in flags.items()) or "(full FineSSL)"})
+             for name, flags in ablations.items() for seed in p.seeds]
+    frame = _summary_frame(fetch(p, specs, "table 6 runs"))
+    measures = [{"figure_table": "table6", "setting": r.setting, "method": r.method, "metric": "top1",
+                 "seed": r.seed, "value": r.test_top1} for r in frame.itertuples()]
+    return frame, measures_frame(measures)
+
+
+# -- Fig. 3 -------------------------------------------------------------------------------------------------
+
+def fig3_pseudo_label_quality(p: Params, setting: str = "n4", algorithms=("fixmatch", "finessl"),
+                              lambdas=(0.1, 0.3, 0.5, 0.7, 0.9), alphas=(2.0, 4.0, 8.0, 16.0)):
+    """(a)(b) pseudo-label accuracy and normalised entropy per epoch; (c)(d) test top-1 vs lambda and alpha_base.
+
+    Returns (curves: one row per method x seed x epoch with pl_acc and pl_entropy, sweep: one row per run of
+    the sweeps with param, param_value and test_top1, measures)."""
+    specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
+    curves = []
+    for spec, run in fetch(p, specs, "fig 3 curves"):
+        m = run.metrics
+        curves += [{"setting": spec.setting, "method": spec.method, "seed": spec.seed, "epoch": int(r.epoch),
+                    "pl_acc": float(r.pl_acc), "pl_entropy": float(r.pl_entropy)} for r in m.itertuples()]
+    curves = pd.DataFrame(curves)
+    sweep_specs = [RunSpec(setting, "finessl", seed, config(p, setting, "finessl", seed, finessl={key: v}),
+                           {"param": key, "param_value": v})
+                   for key, values in (("smoothing", lambdas), ("alpha_base", alphas)) for v in values
+                   for seed in p.seeds]
+    sweep = _summary_frame(fetch(p, sweep_specs, "fig 3 sweeps"))
+    rows = []
+    for (method, seed), g in curves.groupby(["method", "seed"]):
+        for metric in ("pl_acc", "pl_entropy"):
+            rows.append({"figure_table": "fig3", "setting": setting, "method": method, "metric": f"{metric}_mean",
+                         "seed": seed, "value": float(g[metric].mean())})
+    for param, g in sweep.groupby("param"):
+        per_value = g.groupby("param_value")["test_top1"].mean()
+        rows.append({"figure_table": "fig3", "setting": setting, "method": "finessl",
+                     "metric": f"top1_range_{param}", "seed": -1, "value": float(per_value.max() - per_value.min())})
+    return curves, sweep, measures_frame(rows)
+
+
+# -- Table 8 ------------------------------------------------------------------------------------------------
+
+def table8_default_config(preset_names=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's default configuration as our presets resolve it, next to the paper's values (paper_results.csv).
+
+    Returns (one row per preset x key: ours, paper, match) and the measure 'mismatches' the claims report checks."""
+    from .claims import paper_results
+    from .config import get_dotted
+    from .presets import PRESETS, resolve
+
+    paper = paper_results()
+    paper = paper[(paper["figure_table"] == "table8") & (paper["setting"] == "paper_default")]
+    names = [n for n in PRESETS if n != "embedded"] if preset_names is None else list(preset_names)
+    rows = []
+    for name in names:
+        cfg = resolve(name)
+        for r in paper.itertuples():
+            ours = get_dotted(cfg, r.metric)
+            # the paper's own exceptions: CIFAR-10 N1/N2 use batch 8/16 and gamma 1.0 for N1 (official configs)
+            rows.append({"preset": name, "key": r.metric, "ours": ours, "paper": r.value,
+                         "match": abs(float(ours) - float(r.value)) < 1e-12})
+    frame = pd.DataFrame(rows)
+    exceptions = {("cifar10_n1", "optim.batch_size"), ("cifar10_n2", "optim.batch_size"),
+                  ("cifar10_n1", "algorithm.finessl.gamma")}
+    frame["documented_exception"] = [(r.preset, r.key) in exceptions for r in frame.itertuples()]
+    mismatches = int((~frame["match"] & ~frame["documented_exception"]).sum())
+    measures = measures_frame([{"figure_table": "table8", "setting": "paper_default", "method": "presets",
+                                "metric": "mismatches", "seed": -1, "value": mismatches}])
+    return frame, measures
+
+
+def table_figure(frame: pd.DataFrame, title: str, note: str = ""):
+    """A table rendered as a matplotlib Figure (for tables with no plot, e.g. Table 8)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(min(16, 1.6 * len(frame.columns) + 2), 0.28 * len(frame) + 1.2))
+    ax.axis("off")
+    if frame.empty:
+        ax.text(0.5, 0.5, "the paper review gives no numbers for this figure/table", ha="center", va="center")
+        ax.set_title(title)
+        return fig
+    t = ax.table(cellText=frame.astype(str).values, colLabels=list(frame.columns), loc="center", cellLoc="left")
+    t.auto_set_font_size(False)
+    t.set_fontsize(7)
+    ax.set_title(title)
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=7, ha="left", va="bottom")
+    return fig
+
+
+# -- paper numbers only -------------------------------------------------------------------------------------
+
+def paper_numbers(figure_table: str) -> pd.DataFrame:
+    """The paper's numbers for a figure/table (paper_results.csv), for notebooks with no offline counterpart."""
+    from .claims import paper_results
+
+    frame = paper_results()
+    return frame[frame["figure_table"] == figure_table].reset_index(drop=True)
+
+
+# -- outputs ------------------------------------------------------------------------------------------------
+
+def save(name: str, p: Params, fig=None, frame: pd.DataFrame | None = None,
+         measures: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``<out_dir>/<name>.png/.svg`` (the figure), ``<name>.csv`` (the tidy data behind it) and
+    ``<name>_measures.csv`` (what the claims report reads), atomically."""
+    out = Path(p.out_dir)
+    written = []
+    if fig is not None:
+        for ext in ("png", "svg"):
+            written.append(io.save_figure(fig, out / f"{name}.{ext}", dpi=130, bbox_inches="tight"))
+    if frame is not None:
+        written.append(io.write_csv(out / f"{name}.csv", frame))
+    if measures is not None:
+        written.append(io.write_csv(out / f"{name}_measures.csv", measures[MEASURE_COLUMNS]))
+    return written
+
+
+def verdicts(name: str, p: Params, measures: pd.DataFrame) -> str:
+    """The claim sentences of notebook ``name`` computed from its measures (holds / does not hold)."""
+    return "\n".join(claim_sentences(name, measures, p.profile))
+
+
+def sweep_frame(sweep: pd.DataFrame, param: str) -> pd.DataFrame:
+    """The rows of a sweep over one ``param``, with its values in a column named after it (for plots.sensitivity)."""
+    frame = sweep[sweep["param"] == param].rename(columns={"param_value": param})
+    return frame.drop(columns="param").reset_index(drop=True)
+
+
+# -- Fig. 2 / Fig. 7 ----------------------------------------------------------------------------------------
+
+def _normalized_entropy(labels, num_classes: int) -> float:
+    from .diagnostics.metrics import normalized_pseudo_label_entropy
+
+    return float(normalized_pseudo_label_entropy(labels, num_classes))
+
+
+def fig2_pseudo_label_bias(p: Params, setting: str = "n4", algorithms=("fixmatch", "finessl"),
+                           label_settings=("n1", "n2", "n4", "n8", "n16")):
+    """Left: per-class counts of confident pseudo-labels (main head, weak view, confidence >= threshold) on the
+    unlabeled set at the end of training. Right: average test confidence of each head vs labels per class.
+
+    Returns (distribution, confidence, measures)."""
+    from .runs import load_run
+
+    specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
+    dist, rows = [], []
+    for spec, stored in fetch(p, specs, "fig 2 runs"):
+        run = load_run(stored.path)
+        pred = run.predict("unlabeled", head="main", view="weak")
+        confident = pred[pred["confidence"] >= spec.cfg.algorithm.threshold]
+        c = run.experiment.num_classes
+        counts = confident["pred"].value_counts().reindex(range(c), fill_value=0)
+        for cls, n in counts.items():
+            dist.append({"setting": setting, "method": spec.method, "seed": spec.seed, "class": int(cls),
+                         "count": int(n)})
+        rows.append({"figure_table": "fig2", "setting": setting, "method": spec.method, "metric": "pl_entropy_final",
+                     "seed": spec.seed, "value": _normalized_entropy(confident["pred"].to_numpy(), c)})
+    dist = pd.DataFrame(dist)
+    dist["rank"] = dist.groupby(["method", "seed"])["count"].rank(ascending=False, method="first").astype(int)
+    conf, conf_measures = confidence_vs_labels(p, label_settings)
+    return dist, conf, pd.concat([measures_frame(rows), conf_measures], ignore_index=True)
+
+
+def confidence_vs_labels(p: Params, label_settings=("n1", "n2", "n4", "n8", "n16")):
+    """Average test confidence (and accuracy) of FixMatch's main head and FineSSL's main and aux heads vs labels
+    per class, and per head the Spearman correlation of confidence with N (Figs. 2 right and 7).
+
+    Returns (frame, measures)."""
+    from .runs import load_run
+
+    rows = []
+    conf_specs = [RunSpec(s, a, seed, config(p, s, a, seed))
+                  for s in label_settings for a in ("fixmatch", "finessl") for seed in p.seeds]
+    conf = []
+    for spec, stored in fetch(p, conf_specs, "fig 2 confidence runs"):
+        run = load_run(stored.path)
+        heads = ("main", "aux") if run.has_aux else ("main",)
+        for head in heads:
+            t = run.predict("test", head=head)
+            conf.append({"setting": spec.setting, "labels_per_class": spec.cfg.data.labels_per_class,
+                         "method": f"{spec.method}_{head}", "seed": spec.seed,
+                         "confidence": float(t["confidence"].mean()), "accuracy": 100.0 * float(t["correct"].mean())})
+    conf = pd.DataFrame(conf)
+    for method, g in conf.groupby("method"):
+        m = g.groupby("labels_per_class")[["confidence"]].mean().reset_index()
+        rho = m["labels_per_class"].rank().corr(m["confidence"].rank()) if len(m) > 1 else float("nan")
+        rows.append({"figure_table": "fig7", "setting": "", "method": method,
+                     "metric": "confidence_vs_labels_spearman", "seed": -1, "value": float(rho)})
+    return conf, measures_frame(rows)
+
+
+# -- Fig. 4 / Fig. 8 ----------------------------------------------------------------------------------------
+
+def fig4_8_confidence(p: Params, setting: str = "n4", lambdas=(0.1, 0.5), n_bins: int = 15):
+    """Confidence of correct / wrong (/ OOD) pseudo-labels per head (unlabeled set, weak view): FixMatch's main
+    head, FineSSL's main and aux heads for each lambda. Test-set reliability of the aux head per lambda.
+
+    Returns (unlabeled samples: method, head, seed, confidence, status; test samples of the aux heads: head
+    ('aux, lambda=...'), seed, confidence, correct; measures)."""
+    from .diagnostics.metrics import expected_calibration_error, separation_auroc
+    from .runs import load_run
+
+    specs = [RunSpec(setting, "fixmatch", seed, config(p, setting, "fixmatch", seed)) for seed in p.seeds]
+    specs += [RunSpec(setting, f"lambda_{lam:g}", seed, config(p, setting, "finessl", seed, finessl={"smoothing": lam}),
+                      {"smoothing": lam}) for lam in lambdas for seed in p.seeds]
+    samples, rel, rows = [], [], []
+    default = 0.5 if 0.5 in lambdas else lambdas[-1]
+    for spec, stored in fetch(p, specs, "fig 4/8 runs"):
+        run = load_run(stored.path)
+        for head in (("main", "aux") if run.has_aux else ("main",)):
+            u = run.predict("unlabeled", head=head, view="weak")
+            status = pd.Series("wrong", index=u.index).where(~u["correct"], "correct").where(~u["is_ood"], "ood")
+            name = f"{'finessl' if spec.method.startswith('lambda') else spec.method}_{head}"
+            samples.append(pd.DataFrame({"setting": setting, "method": spec.method, "head": head, "seed": spec.seed,
+                                         "confidence": u["confidence"], "status": status}))
+            known = ~u["is_ood"]
+            auroc = separation_auroc(u["confidence"][known], u["correct"][known])
+            rows.append({"figure_table": "fig4", "setting": setting, "method": spec.method, "metric":
+                         f"auroc_correct_wrong_{head}", "seed": spec.seed, "value": auroc})
+            if spec.method == "fixmatch" or spec.labels.get("smoothing") == default:
+                rows.append({"figure_table": "fig4", "setting": setting, "method": name,
+                             "metric": "auroc_correct_wrong", "seed": spec.seed, "value": auroc})
+            if head == "aux":
+                t = run.predict("test", head="aux")
+                rows.append({"figure_table": "fig8", "setting": setting, "method": spec.method, "metric": "ece_aux",
+                             "seed": spec.seed, "value": expected_calibration_error(t["confidence"], t["correct"], n_bins)})
+                rel.append(pd.DataFrame({"head": f"aux, lambda={spec.labels['smoothing']:g}", "seed": spec.seed,
+                                         "confidence": t["confidence"], "correct": t["correct"]}))
+    samples = pd.concat(samples, ignore_index=True)
+    rel = pd.concat(rel, ignore_index=True) if rel else pd.DataFrame()
+    return samples, rel, measures_frame(rows)
+
+
+# -- Fig. 5 -------------------------------------------------------------------------------------------------
+
+def fig5_gamma_and_epochs(p: Params, setting: str = "n4", gammas=(1.0, 2.0, 3.0, 4.0, 5.0)):
+    """(a) test top-1 vs gamma (weight of the main consistency loss); (c) test top-1 per epoch (convergence).
+    (b) prompt length needs VPT on a ViT: not run offline. Returns (sweep, curves, measures)."""
+    specs = [RunSpec(setting, "finessl", seed, config(p, setting, "finessl", seed, finessl={"gamma": g}),
+                     {"param": "gamma", "param_value": g}) for g in gammas for seed in p.seeds]
+    pairs = fetch(p, specs, "fig 5 runs")
+    sweep = _summary_frame(pairs)
+    curves = []
+    for spec, run in pairs:
+        if spec.labels["param_value"] == spec.cfg.algorithm.finessl.gamma == 3.0 or len(gammas) == 1:
+            m = run.metrics
+            curves += [{"setting": setting, "method": "finessl", "seed": spec.seed, "epoch": int(e),
+                        "test_top1": float(v)} for e, v in zip(m["epoch"], m["test_top1"])]
+    per_value = sweep.groupby("param_value")["test_top1"].mean()
+    rows = [{"figure_table": "fig5", "setting": setting, "method": "finessl", "metric": "top1_range_gamma",
+             "seed": -1, "value": float(per_value.max() - per_value.min())}]
+    return sweep, pd.DataFrame(curves), measures_frame(rows)
+
+
+# -- Table 5 ------------------------------------------------------------------------------------------------
+
+def table5_training_time(p: Params, setting: str = "n4") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wall time of FixMatch and FineSSL runs (the same runs as Table 1) next to the paper's Table 5."""
+    specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in ("fixmatch", "finessl")
+             for seed in p.seeds]
+    frame = _summary_frame(fetch(p, specs, "table 5 runs"))
+    t = frame.groupby("method")["wall_time_s"].mean()
+    rows = [{"figure_table": "table5", "setting": setting, "method": r.method, "metric": "train_seconds",
+             "seed": r.seed, "value": r.wall_time_s} for r in frame.itertuples()]
+    rows.append({"figure_table": "table5", "setting": setting, "method": "finessl/fixmatch",
+                 "metric": "wall_time_ratio", "seed": -1, "value": float(t["finessl"] / t["fixmatch"])})
+    return frame, measures_frame(rows)
