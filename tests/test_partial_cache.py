@@ -43,8 +43,10 @@ def test_embedded_bn_tuning_from_partial_cache_trains(tmp_path):
     from finessl_lab.presets import resolve
     from finessl_lab.trainer import Trainer
 
-    cfg = resolve("embedded", sets=["data.subsample_per_class=20", "run.max_steps=4", "run.steps_per_epoch=2",
-                                    "run.progress=false", "model.peft=bn", "model.tune_blocks=2", "optim.mu=2"])
+    cfg = resolve("embedded", sets=["data.subsample_per_class=10", "run.max_steps=4", "run.steps_per_epoch=2",
+                                    "run.progress=false", "model.peft=bn", "model.tune_blocks=2", "optim.mu=2",
+                                    "data.image_size=32", "data.resize=32", "data.crop_padding=4",
+                                    "run.feature_views=1"])
     trainer = Trainer(cfg, tmp_path / "run")
     model = trainer.exp.model
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if p.requires_grad}

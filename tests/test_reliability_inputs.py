@@ -137,7 +137,7 @@ def peft_wrong_family(c):
     return Case(c.train_args("--peft", "vpt_deep", *sets("run.feature_cache=false")),
                 lambda: train(small_cfg("run.feature_cache=false", "model.peft=vpt_deep"), c.out),
                 "PEFT 'vpt_deep' does not apply to a CNN backbone 'efficientnet_lite0'; valid PEFTs for a CNN: bn, "
-                "bitfit, ssf, linear")
+                "bitfit, ssf, last_k, full, linear")
 
 
 @case
