@@ -5,6 +5,7 @@ every step; *feature-cache* mode (run.feature_cache) trains heads on cached froz
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -52,6 +53,7 @@ class Experiment:
     initial_state: dict = field(init=False, repr=False)  # the model's trainable weights as built (fresh heads)
 
     def __post_init__(self):
+        self.cfg = copy.deepcopy(self.cfg)  # a snapshot: editing the caller's config later cannot hide a mismatch
         self.initial_state = self.model.trainable_state_dict()
 
     def reset_model(self) -> None:

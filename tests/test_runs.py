@@ -152,6 +152,9 @@ def test_experiment_reuse_starts_from_fresh_heads_and_rejects_other_configs():
         Trainer(small_cfg("algorithm.name=fixmatch", "data.labels_per_class=2"), experiment=exp)
     with pytest.raises(UserError, match="unlabeled"):
         Trainer(small_cfg("algorithm.name=supervised"), experiment=exp)
+    cfg.data.labels_per_class = 2  # editing the config the experiment was built from is caught too
+    with pytest.raises(UserError, match="data.labels_per_class: 4 -> 2"):
+        Trainer(cfg, experiment=exp)
 
 
 class Boom(Hook):
