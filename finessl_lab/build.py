@@ -17,6 +17,7 @@ from torch import Tensor
 from .config import Config
 from .data.batches import Batch, FeatureBatches, ImageBatches, SplitView
 from .data.datasets import DatasetBundle, load_dataset, resolve_normalization
+from .data.loading import worker_plan
 from .data.features import ImageViews, extract, ignore_stop_signals, load_or_compute
 from .data.settings import eval_subsets, make_setting_split, model_classes
 from .data.splits import Split
@@ -52,6 +53,7 @@ class Experiment:
     transforms: object = None            # the data transforms (test / weak / strong), for analysis views
     features: dict | None = None         # feature-cache mode: the cached features (train_clean, test, weak, strong)
     unlabeled_eval: EvalSet | None = None   # the unlabeled set, clean view, in unlabeled-index order (FPL/IFPL/GRIP)
+    intra_op_threads: int | None = None  # image mode with loader workers: the cores the workers leave to training
     initial_state: dict = field(init=False, repr=False)  # the model's trainable weights as built (fresh heads)
 
     def __post_init__(self):
@@ -134,7 +136,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
         resolve_normalization(cfg.data.normalize, cfg.data.dataset)
     transforms = build_transforms(cfg.data, mean, std)
     y_lab = torch.as_tensor(targets[split.labeled], dtype=torch.long)
-    workers = cfg.data.num_workers
+    workers, threads = worker_plan(cfg.data.num_workers)  # workers + intra-op threads within the cores
     common = dict(device=device, batch_size=cfg.run.eval_batch_size, num_workers=workers, progress=progress)
 
     if cfg.run.feature_cache and cfg.model.peft != "linear":  # top-k blocks tuned from cached activations
@@ -184,6 +186,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     def image_eval(ds) -> EvalSet:
         loader = torch.utils.data.DataLoader(ImageViews(ds.images, transforms.test, stream=None, seed=0), batch_size=cfg.run.eval_batch_size,
                                              num_workers=workers, pin_memory=device.type == "cuda",
+                                             persistent_workers=workers > 0,  # evaluated every epoch: no respawn
                                              worker_init_fn=ignore_stop_signals if workers else None)
         return EvalSet(loader, torch.as_tensor(ds.targets))
 
@@ -192,4 +195,5 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
         evals["val"] = image_eval(bundle.train.subset(split.val))
     unl = image_eval(bundle.train.subset(split.unlabeled)) if _needs_unlabeled_pass(cfg) else None
     return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None,
-                      transforms=transforms, unlabeled_eval=unl)
+                      transforms=transforms, unlabeled_eval=unl,
+                      intra_op_threads=threads if workers and device.type == "cpu" else None)

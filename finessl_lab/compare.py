@@ -46,9 +46,55 @@ def _plan(run_dir: Path, cfg: Config, overwrite: bool) -> str:
     return "resume" if (run_dir / CHECKPOINT).is_file() else "fresh"
 
 
+def _run_one(cfg_dict: dict, run_dir: str, plan: str, threads: int) -> dict:
+    """One run in a pool process (``compare(jobs>1)``): train or resume it quietly; its summary."""
+    import torch
+
+    torch.set_num_threads(threads)  # the pool's processes share the cores
+    summary, _ = train(Config.from_dict(cfg_dict), Path(run_dir), resume=plan == "resume", progress=False,
+                       overwrite=plan == "fresh")
+    return summary
+
+
+def _run_pool(todo: list, jobs: int, progress: bool | None) -> dict:
+    """Train ``todo`` [(index, cfg, run_dir, plan)] in ``jobs`` spawned processes; {index: summary}. Progress is
+    one bar over runs (each run's own bar is off). Runs are independent (own directory, own seed), and a run's
+    result does not depend on the process it trains in, so the table equals the sequential one."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    from .data.loading import available_cores
+    from .progress import progress_bar
+
+    threads = max(1, available_cores() // jobs)
+    done: dict = {}
+    bar = progress_bar(total=len(todo), desc=f"compare ({jobs} jobs)", unit="run", disable=progress is False)
+    # spawn, not fork: forking a process that already ran torch ops can deadlock its thread pools
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, c.to_dict(), str(d), plan, threads): i for i, c, d, plan in todo}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in finished:
+                    done[futures[f]] = f.result()  # a failed run re-raises here; the others are cancelled
+                    bar.update(1)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
+    return done
+
+
 def compare(cfg: Config, algorithms: list[str], seeds: list[int], out: str | Path, overwrite: bool = False,
-            progress: bool | None = None) -> pd.DataFrame:
+            progress: bool | None = None, jobs: int = 1) -> pd.DataFrame:
+    """Train (or reuse / resume) every algorithm x seed run under ``out``; ``jobs`` > 1 trains that many runs at
+    once in separate processes (same table as ``jobs=1``, the cores shared between them)."""
     validate(cfg)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
+        raise UserError(f"jobs={jobs!r} is not valid; valid: an integer from 1 to 64")
     check_type("algorithms", algorithms, (list, tuple), "a list of algorithm names, e.g. ['fixmatch', 'finessl']")
     check_type("seeds", seeds, (list, tuple), "a list of non-negative integers, e.g. [1, 2, 3]")
     if not algorithms or not seeds:
@@ -71,10 +117,14 @@ def compare(cfg: Config, algorithms: list[str], seeds: list[int], out: str | Pat
             configs.append(c.validate())  # every name and value checked before the first run starts
     plans = [(c, out / c.algorithm.name / f"seed{c.run.seed}") for c in configs]
     plans = [(c, d, _plan(d, c, overwrite)) for c, d in plans]  # every directory checked before the first run
+    todo = [(i, c, d, plan) for i, (c, d, plan) in enumerate(plans) if plan != "reuse"]
+    pooled = _run_pool(todo, min(jobs, len(todo)), progress) if jobs > 1 and len(todo) > 1 else {}
     rows = []
-    for c, run_dir, plan in plans:
+    for i, (c, run_dir, plan) in enumerate(plans):
         if plan == "reuse":
             summary = json.loads((run_dir / SUMMARY).read_text())
+        elif i in pooled:
+            summary = pooled[i]
         else:
             summary, _ = train(c, run_dir, resume=plan == "resume", progress=progress, overwrite=plan == "fresh")
         rows.append({k: summary.get(k) for k in ("algorithm", "seed", "test_top1", "steps", "dataset",

@@ -182,7 +182,9 @@ class Run:
             views = ImageViews(ds.images, e.transforms.weak, stream=WEAK_STREAM, seed=cfg.run.view_seed)
         if idx is not None:
             views = torch.utils.data.Subset(views, idx.tolist())
-        workers = cfg.data.num_workers
+        from .data.loading import worker_plan
+
+        workers = worker_plan(cfg.data.num_workers).workers  # within the cores
         loader = torch.utils.data.DataLoader(views, batch_size=cfg.run.eval_batch_size, num_workers=workers,
                                              worker_init_fn=ignore_stop_signals if workers else None)
         return loader, idx

@@ -512,6 +512,7 @@ class Trainer:
         bar = progress_bar(total=total, initial=self.step, desc=f"{cfg.algorithm.name} seed {cfg.run.seed}",
                            unit="step", disable=not self.progress, leave=True)
         single = 1 if self.cfg.run.feature_cache and self.exp.device.type == "cpu" else None
+        single = single or getattr(self.exp, "intra_op_threads", None)  # image mode: the cores workers leave
         describe = lambda: f"; last checkpoint: {self._last_checkpoint()}" + self._resume_hint()  # noqa: E731
         try:
             with _catch_signals(flag, describe), _intra_op_threads(single):

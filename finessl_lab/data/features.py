@@ -27,12 +27,71 @@ WEAK_STREAM, STRONG_STREAM = 100, 200
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader worker_init_fn: workers ignore SIGINT/SIGTERM. A terminal Ctrl-C or a scheduler's SIGTERM often
     reaches the whole process group; the main process then finishes its step, saves a checkpoint and shuts the
-    workers down itself, instead of dying with 'DataLoader worker exited unexpectedly'. (Workers still exit when
-    the main process dies, even by SIGKILL: torch's worker watchdog notices.)"""
+    workers down itself, instead of dying with 'DataLoader worker exited unexpectedly' (a worker killed by a signal
+    makes torch's SIGCHLD handler raise in the main process at an arbitrary point, checkpoint write included, so
+    workers must survive a group-wide SIGTERM too). (Workers still exit when the main process dies, even by
+    SIGKILL: torch's worker watchdog notices.)
+
+    Because they ignore SIGTERM, ``multiprocessing``'s exit handler, which terminates (SIGTERM) and then joins
+    every live child, would wait forever for workers of a loader iterator still alive when the interpreter exits.
+    :func:`_reap_workers_at_exit`, registered at import so that it runs before that handler, kills them first."""
     import signal
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
+
+
+def _ignores_sigterm(pid: int) -> bool | None:
+    """Whether process ``pid`` ignores SIGTERM (Linux /proc); None where that cannot be read."""
+    import signal
+
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return bool(mask >> (signal.SIGTERM - 1) & 1)
+
+
+def _reap_workers_at_exit(grace: float = 2.0) -> None:
+    """atexit: end the live daemonic children (DataLoader workers) before multiprocessing's exit handler, which
+    would SIGTERM and then join them forever if they ignore SIGTERM (``ignore_stop_signals``). Children that
+    ignore SIGTERM are SIGKILLed at once (Linux); elsewhere every daemonic child gets SIGTERM and, after ``grace``
+    seconds, SIGKILL. At exit nothing reads their results any more, and torch's own worker shutdown is a no-op."""
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    if not children:
+        return
+    if threading.current_thread() is threading.main_thread():  # torch's SIGCHLD handler would raise on each kill
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in children:
+        try:
+            p.kill() if _ignores_sigterm(p.pid) else p.terminate()
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + grace
+    for p in children:
+        try:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=grace)
+        except (OSError, ValueError, AssertionError):
+            pass
+
+
+def _register_reaper() -> None:
+    import atexit
+    import multiprocessing.util  # noqa: F401  (its exit handler is registered first, so ours runs before it)
+
+    atexit.register(_reap_workers_at_exit)
+
+
+_register_reaper()
 
 
 def cache_key(backbone_identity: str, dataset_key: str, transform_desc: dict, views: int, seed: int) -> str:
