@@ -131,18 +131,41 @@ def extract(backbone, images, transform, *, stream: int | None, seed: int, devic
     return torch.cat(out)
 
 
+def _all_views(extract_one, bundle, transforms, views: int, desc: str) -> dict:
+    """{train_clean, test, weak [K, ...], strong [K, ...]} from ``extract_one(images, transform, stream, desc)``."""
+    tr = bundle.train.images
+    return {
+        "train_clean": extract_one(tr, transforms.test, None, f"{desc}: train clean"),
+        "test": extract_one(bundle.test.images, transforms.test, None, f"{desc}: test"),
+        "weak": torch.stack([extract_one(tr, transforms.weak, WEAK_STREAM + k, f"{desc}: weak view {k + 1}/{views}")
+                             for k in range(views)]),
+        "strong": torch.stack([extract_one(tr, transforms.strong, STRONG_STREAM + k,
+                                           f"{desc}: strong view {k + 1}/{views}") for k in range(views)]),
+    }
+
+
 def compute(backbone, bundle, transforms, views: int, seed: int, device, batch_size: int = 256,
             num_workers: int = 2, progress: bool = True) -> dict:
     backbone.eval()
     kw = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
-    feats = {
-        "train_clean": extract(backbone, bundle.train.images, transforms.test, stream=None, desc="features: train clean", **kw),
-        "test": extract(backbone, bundle.test.images, transforms.test, stream=None, desc="features: test", **kw),
-        "weak": torch.stack([extract(backbone, bundle.train.images, transforms.weak, stream=WEAK_STREAM + k,
-                                     desc=f"features: weak view {k + 1}/{views}", **kw) for k in range(views)]),
-        "strong": torch.stack([extract(backbone, bundle.train.images, transforms.strong, stream=STRONG_STREAM + k,
-                                       desc=f"features: strong view {k + 1}/{views}", **kw) for k in range(views)]),
-    }
+    return _all_views(lambda images, t, stream, desc: extract(backbone, images, t, stream=stream, desc=desc, **kw),
+                      bundle, transforms, views, "features")
+
+
+def _load_or_store(path: Path, key: str, what: str, compute_fn, meta: dict) -> dict:
+    """The cached features at ``path`` if they were written under ``key``; else ``compute_fn()``, stored atomically.
+    A damaged or mismatching entry is recomputed (with a warning), never trusted."""
+    if path.is_file():
+        try:
+            blob = load_checkpoint(path)
+            if blob.get("meta", {}).get("key") == key:
+                return blob["features"]
+            why = "it was written for other settings"
+        except Exception as e:  # noqa: BLE001
+            why = str(e)
+        print(f"warning: {what} {path} is unusable ({why}); recomputing it", file=sys.stderr)
+    feats = compute_fn()
+    save_checkpoint(path, {"meta": {"key": key, **meta}, "features": feats})
     return feats
 
 
@@ -151,19 +174,10 @@ def load_or_compute(cache_root: Path, backbone, bundle, transforms, transform_de
     """Return (features, path); compute and store them if the cache has no valid entry."""
     key = cache_key(backbone.identity, bundle.key, transform_desc, views, seed)
     path = Path(cache_root) / "features" / f"{key}.pt"
-    if path.is_file():
-        try:
-            blob = load_checkpoint(path)
-            if blob.get("meta", {}).get("key") == key:
-                return blob["features"], path
-            why = "it was written for other settings"
-        except Exception as e:  # noqa: BLE001  (a damaged cache entry is recomputed, never trusted)
-            why = str(e)
-        print(f"warning: feature cache {path} is unusable ({why}); recomputing it", file=sys.stderr)
-    feats = compute(backbone, bundle, transforms, views, seed, device, batch_size, num_workers, progress)
-    meta = {"key": key, "backbone": backbone.identity, "dataset": bundle.key, "transform": transform_desc,
-            "views": views, "view_seed": seed}
-    save_checkpoint(path, {"meta": meta, "features": feats})
+    meta = {"backbone": backbone.identity, "dataset": bundle.key, "transform": transform_desc, "views": views,
+            "view_seed": seed}
+    feats = _load_or_store(path, key, "feature cache", lambda: compute(backbone, bundle, transforms, views, seed, device,
+                                                                       batch_size, num_workers, progress), meta)
     return feats, path
 
 
@@ -188,27 +202,14 @@ def load_or_compute_partial(cache_root: Path, backbone, k: int, bundle, transfor
     tuned (BN / BitFit / SSF / all of them) from the cache; keys ``train_clean``, ``test``, ``weak``, ``strong``."""
     key = cache_key(backbone.identity + f"|below_last_{k}", bundle.key, transform_desc, views, seed)
     path = Path(cache_root) / "features" / f"{key}.pt"
-    if path.is_file():
-        try:
-            blob = load_checkpoint(path)
-            if blob.get("meta", {}).get("key") == key:
-                return blob["features"], path
-            why = "it was written for other settings"
-        except Exception as e:  # noqa: BLE001
-            why = str(e)
-        print(f"warning: partial feature cache {path} is unusable ({why}); recomputing it", file=sys.stderr)
-    backbone.eval()
     kw = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
-    tr = bundle.train.images
-    feats = {
-        "train_clean": extract_below(backbone, k, tr, transforms.test, stream=None, desc=f"activations below top {k}: train", **kw),
-        "test": extract_below(backbone, k, bundle.test.images, transforms.test, stream=None, desc="... test", **kw),
-        "weak": torch.stack([extract_below(backbone, k, tr, transforms.weak, stream=WEAK_STREAM + v,
-                                           desc=f"... weak view {v + 1}/{views}", **kw) for v in range(views)]),
-        "strong": torch.stack([extract_below(backbone, k, tr, transforms.strong, stream=STRONG_STREAM + v,
-                                             desc=f"... strong view {v + 1}/{views}", **kw) for v in range(views)]),
-    }
-    meta = {"key": key, "backbone": backbone.identity, "below_last": k, "dataset": bundle.key,
-            "transform": transform_desc, "views": views, "view_seed": seed}
-    save_checkpoint(path, {"meta": meta, "features": feats})
-    return feats, path
+
+    def compute_partial() -> dict:
+        backbone.eval()
+        return _all_views(lambda images, t, stream, desc: extract_below(backbone, k, images, t, stream=stream,
+                                                                        desc=desc, **kw),
+                          bundle, transforms, views, f"activations below top {k}")
+
+    meta = {"backbone": backbone.identity, "below_last": k, "dataset": bundle.key, "transform": transform_desc,
+            "views": views, "view_seed": seed}
+    return _load_or_store(path, key, "partial feature cache", compute_partial, meta), path
