@@ -43,7 +43,8 @@ PAPER_SETTINGS = {"n1": "cifar10_n1", "n2": "cifar10_n2", "n4": "cifar100_n4", "
                   "n100": "cifar100_n100", "lt_rho10": "table9_cifar100_lt_rho10_consistent",
                   "openset": "fig4_cifar100_openset_n5"}
 #: embedded settings that are a preset of their own (long-tailed Table 9, open-set Fig. 4), not a label count
-EMBEDDED_PRESET_SETTINGS = {"lt_rho10": "embedded_lt_rho10", "openset": "embedded_openset"}
+EMBEDDED_PRESET_SETTINGS = {"lt_rho10": "embedded_lt_rho10", "openset": "embedded_openset",
+                            "fashion": "embedded_fashion_n4"}
 #: Table 6: the ablations, each a set of algorithm.finessl flags (all exist in FineSSLOptions)
 ABLATIONS = {
     "finessl": {},
@@ -350,11 +351,22 @@ def fig2_pseudo_label_bias(p: Params, setting: str = "n4", algorithms=("fixmatch
     unlabeled set at the end of training. Right: average test confidence of each head vs labels per class.
 
     Returns (distribution, confidence, measures)."""
+    dist, measures = pseudo_label_distribution(p, setting, algorithms, "fig2")
+    conf, conf_measures = confidence_vs_labels(p, label_settings)
+    return dist, conf, pd.concat([measures, conf_measures], ignore_index=True)
+
+
+def pseudo_label_distribution(p: Params, setting: str = "n4", algorithms=("fixmatch", "finessl"),
+                              figure_table: str = "fig2"):
+    """Per-class counts of confident pseudo-labels (main head, weak view, confidence >= threshold) on the unlabeled
+    set at the end of training, and their normalised entropy (measure ``pl_entropy_final``; Figs. 2 left and 6).
+
+    Returns (distribution: setting, method, seed, class, count, rank; measures)."""
     from .runs import load_run
 
     specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
     dist, rows = [], []
-    for spec, stored in fetch(p, specs, "fig 2 runs"):
+    for spec, stored in fetch(p, specs, f"{figure_table} runs"):
         run = load_run(stored.path)
         pred = run.predict("unlabeled", head="main", view="weak")
         confident = pred[pred["confidence"] >= spec.cfg.algorithm.threshold]
@@ -363,12 +375,12 @@ def fig2_pseudo_label_bias(p: Params, setting: str = "n4", algorithms=("fixmatch
         for cls, n in counts.items():
             dist.append({"setting": setting, "method": spec.method, "seed": spec.seed, "class": int(cls),
                          "count": int(n)})
-        rows.append({"figure_table": "fig2", "setting": setting, "method": spec.method, "metric": "pl_entropy_final",
-                     "seed": spec.seed, "value": _normalized_entropy(confident["pred"].to_numpy(), c)})
+        rows.append({"figure_table": figure_table, "setting": setting, "method": spec.method,
+                     "metric": "pl_entropy_final", "seed": spec.seed,
+                     "value": _normalized_entropy(confident["pred"].to_numpy(), c)})
     dist = pd.DataFrame(dist)
     dist["rank"] = dist.groupby(["method", "seed"])["count"].rank(ascending=False, method="first").astype(int)
-    conf, conf_measures = confidence_vs_labels(p, label_settings)
-    return dist, conf, pd.concat([measures_frame(rows), conf_measures], ignore_index=True)
+    return dist, measures_frame(rows)
 
 
 def confidence_vs_labels(p: Params, label_settings=("n1", "n2", "n4", "n8", "n16")):

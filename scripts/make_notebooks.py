@@ -159,9 +159,11 @@ spec("fig2_pseudo_label_bias", "Figure 2: aggregated bias (pseudo-label distribu
      "difficulty (N25 above N100); with DLS the confidence follows the number of labels.",
      "FineSSL's pseudo-label class distribution is flatter than FixMatch's (normalised entropy of the confident "
      "pseudo-labels on the unlabeled set, main head, weak view); the aux head's average test confidence rises with "
-     "the number of labels. FlexMatch is not in this toolkit yet.",
-     'setting = "n4"\n# labels-per-class settings on the x axis of the right panel\nlabel_settings = ["n1", "n2", "n4", "n8", "n16"]',
-     ['dist, conf, measures = paper.fig2_pseudo_label_bias(p, setting=setting, label_settings=label_settings)\n'
+     "the number of labels. FlexMatch is drawn in the left panel too (the paper: it partly mitigates the bias).",
+     'setting = "n4"\n# methods of the left panel\nalgorithms = ["fixmatch", "flexmatch", "finessl"]\n'
+     '# labels-per-class settings on the x axis of the right panel\nlabel_settings = ["n1", "n2", "n4", "n8", "n16"]',
+     ['dist, conf, measures = paper.fig2_pseudo_label_bias(p, setting=setting, algorithms=algorithms,\n'
+      '                                                   label_settings=label_settings)\n'
       'conf.groupby(["method", "labels_per_class"])[["confidence", "accuracy"]].mean().round(3)',
       'from finessl_lab import plots\n'
       'fig = plots.pseudo_label_distribution(dist, note=p.note)\n'
@@ -268,30 +270,35 @@ for _name, _key, _title, _shows, _claim, _why in [
     ("fig6_bias_other_datasets", "fig6", "Figure 6: pseudo-label distributions on CIFAR-10 and FOOD-101",
      "FineSSL balances the pseudo-label distribution on CIFAR-10 and FOOD-101 too.",
      "Bias erasure generalises across datasets.",
-     "A second offline dataset (Fashion-MNIST from Debian's dataset-fashion-mnist) is not wired into the toolkit "
-     "yet; Fig. 2's notebook shows the effect on MNIST-5k. The review gives no numbers for this figure."),
+     "A second offline dataset exists (preset `embedded_fashion_n4`: Fashion-MNIST from Debian's "
+     "dataset-fashion-mnist; `paper.pseudo_label_distribution(p, setting=\"fashion\")` draws this figure's "
+     "counterpart), but building its feature cache costs several CPU-minutes, too much for the quick profile, so "
+     "this notebook does not run it; Fig. 2's notebook shows the effect on MNIST-5k. The review gives no numbers "
+     "for this figure."),
     ("table2_semi_aves", "table2", "Table 2: Semi-Aves", "FineSSL is best with in-distribution (67.25) and with "
      "in+out-of-distribution (61.12) unlabeled data; +1.4 over FixMatch and +0.35 over DebiasPL on average.",
      "FineSSL beats FixMatch and DebiasPL on Semi-Aves.",
-     "Semi-Aves and CLIP cannot be downloaded here; DebiasPL is not in this toolkit yet."),
+     "Semi-Aves and CLIP cannot be downloaded here (every baseline, DebiasPL included, is compared with FineSSL on "
+     "MNIST-5k N4 in `table1_main_results`)."),
     ("table3_imagenet", "table3", "Table 3: ImageNet with 1% and 10% labels",
      "FineSSL is best: 74.22 (1%) and 79.21 (10%), about 0.5-0.6 above the best baseline.",
-     "FineSSL is best on ImageNet.", "ImageNet and CLIP cannot be downloaded here."),
+     "FineSSL is best on ImageNet.", "ImageNet and CLIP cannot be downloaded here (every baseline is compared with FineSSL on MNIST-5k N4 in "
+     "`table1_main_results`)."),
     ("table4_peft_methods", "table4", "Table 4: PEFT methods (VPT, LoRA, Adapter, AdaptFormer)",
      "Every PEFT method integrates with FineSSL; AdaptFormer edges out VPT by up to 0.62.",
      "FineSSL works with every PEFT method.", "These PEFT methods need a pretrained ViT, which is not installable "
-     "here (LoRA/Adapter/AdaptFormer are being added on another branch)."),
+     "here (LoRA / Adapter / AdaptFormer exist as `model.peft` options for a ViT backbone; presets `table4_*`)."),
     ("table7_resnet_peft", "table7", "Table 7: CLIP ResNet-50 with BN tuning, BitFit, SSF",
      "FineSSL is best with every strategy, +2.19 over DebiasPL on average (BN tuning N4: 55.21 vs 52.90).",
-     "FineSSL beats DebiasPL on CLIP RN50.", "CLIP RN50 weights and CIFAR-100 cannot be downloaded here; DebiasPL "
-     "is not in this toolkit yet."),
+     "FineSSL beats DebiasPL on CLIP RN50.", "CLIP RN50 weights and CIFAR-100 cannot be downloaded here (presets "
+     "`table7_*`; DebiasPL vs FineSSL on MNIST-5k: `table1_main_results`)."),
     ("table10_fft_variants", "table10", "Table 10: LP / FFT / LP-FT / FFT with semantic init",
      "FFT is poor, LP-FT and semantic init fix it; FineSSL beats FixMatch by 4.59 on average.",
      "FineSSL beats FixMatch under every strategy.", "Full fine-tuning needs a pretrained ViT, which is not "
      "installable here."),
     ("table11_imagenet21k", "table11", "Table 11: ImageNet-21k pre-trained ViT",
      "Absolute numbers rise; FineSSL beats DebiasPL by 0.36 on average.", "FineSSL's gains hold with IN-21k "
-     "pre-training.", "IN-21k ViT weights cannot be downloaded here; DebiasPL is not in this toolkit yet."),
+     "pre-training.", "IN-21k ViT weights cannot be downloaded here (presets `table11_*`)."),
 ]:
     SPECS[_name] = paper_only(_name, _key, _title, _shows, _claim, _why)[1]
 
