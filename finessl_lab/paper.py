@@ -516,13 +516,13 @@ def compare_algorithms(p: Params, setting: str = "n4", algorithms=("fpl", "ifpl"
     (one row per algorithm x seed, measures: metric ``top1`` per algorithm and seed). With ``best_of`` (algorithm
     names), a method ``best_baseline`` is added: per seed, the highest top-1 among them (an upper bound of the
     best single baseline, so a claim 'FineSSL beats the best baseline' is checked conservatively)."""
+    missing = sorted(set(best_of) - set(algorithms))
+    if missing:
+        raise UserError(f"best_of {missing} are not among algorithms; valid: {', '.join(algorithms)}")
     specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
     frame = _summary_frame(fetch(p, specs, f"{figure_table} runs"))
     measures = [{"figure_table": figure_table, "setting": r.setting, "method": r.method, "metric": "top1",
                  "seed": r.seed, "value": r.test_top1} for r in frame.itertuples()]
-    missing = sorted(set(best_of) - set(algorithms))
-    if missing:
-        raise UserError(f"best_of {missing} are not among algorithms; valid: {', '.join(algorithms)}")
     if best_of:
         best = frame[frame["method"].isin(best_of)].groupby("seed")["test_top1"].max()
         measures += [{"figure_table": figure_table, "setting": setting, "method": "best_baseline", "metric": "top1",
