@@ -309,7 +309,7 @@ spec("table9_long_tailed", "Table 9: long-tailed SSL - embedded counterpart (hea
      "SoftMatch by 2.95 points on average; DebiasPL is strong but FineSSL wins most settings.",
      "FineSSL is robust to long-tailed data. Here (preset `embedded_lt_rho10`: MNIST-5k, labeled N_1 = 25 and "
      "unlabeled M_1 = 300 per head class, both decaying to rho = 10 at class 9; head digits 0-3, medium 4-6, "
-     "tail 7-9; seen-class balanced test set): FineSSL beats FixMatch and SoftMatch overall, and FixMatch on the "
+     "tail 7-9; the usual test set of all ten digits): FineSSL beats FixMatch and SoftMatch overall, and FixMatch on the "
      "tail classes.",
      '# long-tailed setting: embedded_lt_rho10 offline, CIFAR-100 rho=10 (consistent) under paper\n'
      'setting = "lt_rho10"\nalgorithms = ["fixmatch", "softmatch", "debiaspl", "finessl"]',
