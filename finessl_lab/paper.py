@@ -40,7 +40,11 @@ QUICK = {"seeds": [1], "epochs": 3, "steps": 300}
 EMBEDDED_SETTINGS = {"n1": 1, "n2": 2, "n4": 4, "n8": 8, "n16": 16}
 #: the paper preset used for each setting under the paper profile
 PAPER_SETTINGS = {"n1": "cifar10_n1", "n2": "cifar10_n2", "n4": "cifar100_n4", "n25": "cifar100_n25",
-                  "n100": "cifar100_n100"}
+                  "n100": "cifar100_n100", "lt_rho10": "table9_cifar100_lt_rho10_consistent",
+                  "openset": "fig4_cifar100_openset_n5"}
+#: embedded settings that are a preset of their own (long-tailed Table 9, open-set Fig. 4), not a label count
+EMBEDDED_PRESET_SETTINGS = {"lt_rho10": "embedded_lt_rho10", "openset": "embedded_openset",
+                            "fashion": "embedded_fashion_n4"}
 #: Table 6: the ablations, each a set of algorithm.finessl flags (all exist in FineSSLOptions)
 ABLATIONS = {
     "finessl": {},
@@ -129,11 +133,13 @@ def config(p: Params, setting: str = "n4", algorithm: str = "finessl", seed: int
     """The resolved config of one run of the profile: setting, algorithm, seed, FineSSL flags, budget."""
     from .presets import resolve
 
-    valid = EMBEDDED_SETTINGS if p.profile == "embedded" else PAPER_SETTINGS
+    valid = {**EMBEDDED_SETTINGS, **EMBEDDED_PRESET_SETTINGS} if p.profile == "embedded" else PAPER_SETTINGS
     if setting not in valid:
         raise UserError(f"parameter setting {setting!r} is not valid under profile {p.profile!r}; valid: "
                         f"{', '.join(valid)}")
-    if p.profile == "embedded":
+    if p.profile == "embedded" and setting in EMBEDDED_PRESET_SETTINGS:
+        cfg = resolve(EMBEDDED_PRESET_SETTINGS[setting])
+    elif p.profile == "embedded":
         cfg = resolve("embedded", flags={"data.labels_per_class": EMBEDDED_SETTINGS[setting]})
     else:
         cfg = resolve(PAPER_SETTINGS[setting])
@@ -345,11 +351,22 @@ def fig2_pseudo_label_bias(p: Params, setting: str = "n4", algorithms=("fixmatch
     unlabeled set at the end of training. Right: average test confidence of each head vs labels per class.
 
     Returns (distribution, confidence, measures)."""
+    dist, measures = pseudo_label_distribution(p, setting, algorithms, "fig2")
+    conf, conf_measures = confidence_vs_labels(p, label_settings)
+    return dist, conf, pd.concat([measures, conf_measures], ignore_index=True)
+
+
+def pseudo_label_distribution(p: Params, setting: str = "n4", algorithms=("fixmatch", "finessl"),
+                              figure_table: str = "fig2"):
+    """Per-class counts of confident pseudo-labels (main head, weak view, confidence >= threshold) on the unlabeled
+    set at the end of training, and their normalised entropy (measure ``pl_entropy_final``; Figs. 2 left and 6).
+
+    Returns (distribution: setting, method, seed, class, count, rank; measures)."""
     from .runs import load_run
 
     specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
     dist, rows = [], []
-    for spec, stored in fetch(p, specs, "fig 2 runs"):
+    for spec, stored in fetch(p, specs, f"{figure_table} runs"):
         run = load_run(stored.path)
         pred = run.predict("unlabeled", head="main", view="weak")
         confident = pred[pred["confidence"] >= spec.cfg.algorithm.threshold]
@@ -358,12 +375,12 @@ def fig2_pseudo_label_bias(p: Params, setting: str = "n4", algorithms=("fixmatch
         for cls, n in counts.items():
             dist.append({"setting": setting, "method": spec.method, "seed": spec.seed, "class": int(cls),
                          "count": int(n)})
-        rows.append({"figure_table": "fig2", "setting": setting, "method": spec.method, "metric": "pl_entropy_final",
-                     "seed": spec.seed, "value": _normalized_entropy(confident["pred"].to_numpy(), c)})
+        rows.append({"figure_table": figure_table, "setting": setting, "method": spec.method,
+                     "metric": "pl_entropy_final", "seed": spec.seed,
+                     "value": _normalized_entropy(confident["pred"].to_numpy(), c)})
     dist = pd.DataFrame(dist)
     dist["rank"] = dist.groupby(["method", "seed"])["count"].rank(ascending=False, method="first").astype(int)
-    conf, conf_measures = confidence_vs_labels(p, label_settings)
-    return dist, conf, pd.concat([measures_frame(rows), conf_measures], ignore_index=True)
+    return dist, measures_frame(rows)
 
 
 def confidence_vs_labels(p: Params, label_settings=("n1", "n2", "n4", "n8", "n16")):
@@ -434,6 +451,83 @@ def fig4_8_confidence(p: Params, setting: str = "n4", lambdas=(0.1, 0.5), n_bins
     samples = pd.concat(samples, ignore_index=True)
     rel = pd.concat(rel, ignore_index=True) if rel else pd.DataFrame()
     return samples, rel, measures_frame(rows)
+
+
+def fig4_openset(p: Params, setting: str = "openset"):
+    """Fig. 4 under open-set SSL (embedded: digits 0-4 seen at N4, 5-9 only in the unlabeled set): FixMatch,
+    FineSSL and FineSSL without DLS. Per head, the confidence of correct / wrong / OOD unlabeled samples (weak
+    view), the AUROC of in-distribution vs OOD confidence, and the seen-class test top-1 ((a): the cost of removing
+    DLS). Returns (unlabeled samples: method, head, seed, confidence, status; measures)."""
+    from .diagnostics.metrics import separation_auroc
+    from .runs import load_run
+
+    methods = {"fixmatch": ("fixmatch", {}), "finessl": ("finessl", {}), "finessl_no_dls": ("finessl", {"dls": False})}
+    specs = [RunSpec(setting, m, seed, config(p, setting, a, seed, finessl=flags))
+             for m, (a, flags) in methods.items() for seed in p.seeds]
+    samples, rows = [], []
+    for spec, stored in fetch(p, specs, "fig 4 open-set runs"):
+        run = load_run(stored.path)
+        rows.append({"figure_table": "fig4", "setting": setting, "method": spec.method, "metric": "top1",
+                     "seed": spec.seed, "value": float(stored.summary["test_top1"])})
+        for head in (("main", "aux") if run.has_aux else ("main",)):
+            u = run.predict("unlabeled", head=head, view="weak")
+            status = pd.Series("wrong", index=u.index).where(~u["correct"], "correct").where(~u["is_ood"], "ood")
+            samples.append(pd.DataFrame({"setting": setting, "method": spec.method, "head": head, "seed": spec.seed,
+                                         "confidence": u["confidence"], "status": status}))
+            rows.append({"figure_table": "fig4", "setting": setting, "method": f"{spec.method}_{head}",
+                         "metric": "auroc_id_ood", "seed": spec.seed,
+                         "value": separation_auroc(u["confidence"], ~u["is_ood"])})
+    return pd.concat(samples, ignore_index=True), measures_frame(rows)
+
+
+# -- Table 9 ------------------------------------------------------------------------------------------------
+
+def table9_long_tailed(p: Params, setting: str = "lt_rho10", algorithms=("fixmatch", "finessl")):
+    """Long-tailed SSL: test top-1 overall and per class group (head / medium / tail: thirds of the classes, class
+    0 the largest) at the end of training. Returns (one row per method x seed x group, measures: metric ``top1``
+    overall and ``top1_<group>``)."""
+    specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
+    rows, measures = [], []
+    for spec, stored in fetch(p, specs, "table 9 runs"):
+        last = stored.metrics.iloc[-1]
+        for group in ("overall", "head", "medium", "tail"):
+            col = "test_top1" if group == "overall" else f"test_{group}_top1"
+            if col not in last:
+                raise UserError(f"run {stored.path.name!r} has no {col} in metrics.csv; valid: a run with "
+                                "data.setting=longtail")
+            value = round(float(last[col]), 2)
+            rows.append({"setting": setting, "method": spec.method, "seed": spec.seed, "group": group,
+                         "test_top1": value, "run": stored.path.name})
+            measures.append({"figure_table": "table9", "setting": setting, "method": spec.method,
+                             "metric": "top1" if group == "overall" else f"top1_{group}", "seed": spec.seed,
+                             "value": value})
+    return pd.DataFrame(rows), measures_frame(measures)
+
+
+# -- Table 12 / baselines -----------------------------------------------------------------------------------
+
+#: every semi-supervised baseline of the toolkit (Tables 1-3 compare FineSSL with these)
+BASELINES = ("supervised", "pseudolabel", "fixmatch", "flexmatch", "freematch", "softmatch", "debiaspl")
+
+
+def compare_algorithms(p: Params, setting: str = "n4", algorithms=("fpl", "ifpl", "grip", "finessl"),
+                       figure_table: str = "table12", best_of=()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test top-1 of several algorithms at one setting (default: Table 12's FPL / IFPL / GRIP vs FineSSL). Returns
+    (one row per algorithm x seed, measures: metric ``top1`` per algorithm and seed). With ``best_of`` (algorithm
+    names), a method ``best_baseline`` is added: per seed, the highest top-1 among them (an upper bound of the
+    best single baseline, so a claim 'FineSSL beats the best baseline' is checked conservatively)."""
+    missing = sorted(set(best_of) - set(algorithms))
+    if missing:
+        raise UserError(f"best_of {missing} are not among algorithms; valid: {', '.join(algorithms)}")
+    specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
+    frame = _summary_frame(fetch(p, specs, f"{figure_table} runs"))
+    measures = [{"figure_table": figure_table, "setting": r.setting, "method": r.method, "metric": "top1",
+                 "seed": r.seed, "value": r.test_top1} for r in frame.itertuples()]
+    if best_of:
+        best = frame[frame["method"].isin(best_of)].groupby("seed")["test_top1"].max()
+        measures += [{"figure_table": figure_table, "setting": setting, "method": "best_baseline", "metric": "top1",
+                      "seed": int(seed), "value": float(v)} for seed, v in best.items()]
+    return frame, measures_frame(measures)
 
 
 # -- Fig. 5 -------------------------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ def test_a_training_notebook_runs_under_papermill_with_quick_sized_parameters(tm
     assert (out / "fig4_confidence_separation.png").is_file() and (out / "fig4_confidence_separation.svg").is_file()
     measures = pd.read_csv(out / "fig4_confidence_separation_measures.csv")
     assert {"auroc_correct_wrong", "ece_aux"} <= set(measures["metric"])
+    ood = pd.read_csv(out / "fig4bcd_openset_confidence_measures.csv")
+    assert {"auroc_id_ood", "top1"} == set(ood["metric"]) and set(ood["setting"]) == {"openset"}
     executed = nbformat.read(tmp_path / "fig4.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "auroc_correct_wrong finessl_aux - fixmatch_main =" in printed
