@@ -30,3 +30,30 @@ def tiny_clip_configs(tmp_path_factory):
         (root / f"{name}.json").write_text(json.dumps(cfg))
         open_clip.add_model_config(root / f"{name}.json")
     return TINY_VIT, TINY_RN
+
+
+def crash_at(step: int):
+    """A hook that raises at training step ``step`` (a simulated crash, for resume tests)."""
+    from finessl_lab.hooks import Hook
+
+    class Crash(Hook):
+        name = "crash"
+
+        def on_step(self, record):
+            if record.step == step:
+                raise RuntimeError("simulated crash")
+
+    return Crash()
+
+
+def head_batch(seed=1, u=6):
+    """A tiny head-level batch: labeled features [4, 4], targets, unlabeled weak + 2 strong views [u, 4], indices."""
+    import torch
+
+    from finessl_lab.algorithms import UnlabeledViews
+
+    g = torch.Generator().manual_seed(seed)
+    fx = torch.randn(4, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 0])
+    views = UnlabeledViews(torch.randn(u, 4, generator=g), [torch.randn(u, 4, generator=g), torch.randn(u, 4, generator=g)])
+    return fx, y, views, torch.arange(u)

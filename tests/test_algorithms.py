@@ -3,11 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finessl_lab.algorithms import REGISTRY, Heads, UnlabeledViews, build_algorithm
+from finessl_lab.algorithms import REGISTRY, Heads, build_algorithm
 from finessl_lab.algorithms.bms import apply_margins, balanced_margins
 from finessl_lab.algorithms.dls import smoothed_targets
 from finessl_lab.config import AlgorithmConfig
 from finessl_lab.errors import UserError
+from conftest import head_batch
 
 C = 3
 
@@ -22,13 +23,6 @@ def heads(seed=0):
     return Heads(main, aux)
 
 
-def batch(seed=1, u=6):
-    g = torch.Generator().manual_seed(seed)
-    fx = torch.randn(4, 4, generator=g)
-    y = torch.tensor([0, 1, 2, 0])
-    views = UnlabeledViews(torch.randn(u, 4, generator=g), [torch.randn(u, 4, generator=g), torch.randn(u, 4, generator=g)])
-    return fx, y, views, torch.arange(u)
-
 
 def test_registry_names():
     assert {"supervised", "fixmatch", "finessl"} <= set(REGISTRY)
@@ -38,7 +32,7 @@ def test_registry_names():
 
 def test_supervised_is_plain_cross_entropy_and_ignores_unlabeled():
     h = heads()
-    fx, y, u, idx = batch()
+    fx, y, u, idx = head_batch()
     out = build_algorithm(AlgorithmConfig(name="supervised"), C, 6).step(h, fx, y, u, idx)
     assert torch.isclose(out.loss, F.cross_entropy(h.main(fx), y))
     assert out.pseudo_label is None
@@ -46,7 +40,7 @@ def test_supervised_is_plain_cross_entropy_and_ignores_unlabeled():
 
 def test_fixmatch_masked_consistency():
     h = heads()
-    fx, y, u, idx = batch()
+    fx, y, u, idx = head_batch()
     cfg = AlgorithmConfig(name="fixmatch", threshold=0.7, unlabeled_weight=2.0)
     out = build_algorithm(cfg, C, 6).step(h, fx, y, u, idx)
     p = torch.softmax(h.main(u.weak), 1)
@@ -71,7 +65,7 @@ LEGACY = dict(strong_views="split", aux_mean="batch", margin_timing="after", pac
 
 def test_finessl_total_loss_matches_the_method():
     h = heads()
-    fx, y, u, idx = batch()
+    fx, y, u, idx = head_batch()
     alg = build_algorithm(finessl_cfg(**LEGACY), C, 6)
     out = alg.step(h, fx, y, u, idx)
     # by hand: pace from this batch's weak predictions
@@ -93,7 +87,7 @@ def test_finessl_total_loss_matches_the_method():
 
 def test_aux_loss_never_reaches_the_features_when_detached():
     h = heads()
-    fx, y, u, idx = batch()
+    fx, y, u, idx = head_batch()
     fx.requires_grad_(True)
     for v in [u.weak, *u.strong]:
         v.requires_grad_(True)
@@ -109,7 +103,7 @@ def test_aux_loss_never_reaches_the_features_when_detached():
 
 def test_aux_not_detached_ablation_lets_gradients_through():
     h = heads()
-    fx, y, u, idx = batch()
+    fx, y, u, idx = head_batch()
     u.strong[1].requires_grad_(True)
     alg = build_algorithm(finessl_cfg(detach_aux=False), C, 6)
     alg.step(h, fx, y, u, idx).loss.backward()
@@ -118,7 +112,7 @@ def test_aux_not_detached_ablation_lets_gradients_through():
 
 def test_ablations_change_the_step():
     h = heads()
-    fx, y, u, idx = batch()
+    fx, y, u, idx = head_batch()
     no_bms = build_algorithm(finessl_cfg(bms=False), C, 6)
     no_bms.step(h, fx, y, u, idx)
     assert torch.count_nonzero(no_bms.margins) == 0
@@ -139,7 +133,7 @@ def test_ablations_change_the_step():
 
 def test_pace_resets_each_epoch_and_state_round_trips():
     h = heads()
-    fx, y, u, idx = batch()
+    fx, y, u, idx = head_batch()
     alg = build_algorithm(finessl_cfg(), C, 6)
     alg.step(h, fx, y, u, idx)
     state = alg.state_dict()

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finessl_lab.algorithms import REGISTRY, Heads, UnlabeledViews, build_algorithm
+from finessl_lab.algorithms import REGISTRY, Heads, build_algorithm
 from finessl_lab.algorithms.debiaspl import debias
 from finessl_lab.algorithms.flexmatch import flex_thresholds
 from finessl_lab.algorithms.freematch import fairness_loss
-from finessl_lab.config import AlgorithmConfig, Config
+from finessl_lab.config import Config
 from finessl_lab.errors import UserError
+from conftest import head_batch
 
 C = 3
 
@@ -23,13 +24,6 @@ def heads(seed=0):
         main.weight.mul_(6)
     return Heads(main, torch.nn.Linear(4, C, bias=False))
 
-
-def batch(seed=1, u=6):
-    g = torch.Generator().manual_seed(seed)
-    fx = torch.randn(4, 4, generator=g)
-    y = torch.tensor([0, 1, 2, 0])
-    views = UnlabeledViews(torch.randn(u, 4, generator=g), [torch.randn(u, 4, generator=g), torch.randn(u, 4, generator=g)])
-    return fx, y, views, torch.arange(u)
 
 
 def cfg(name, threshold=0.7, **opts):
@@ -58,7 +52,7 @@ def test_every_baseline_is_registered_with_its_options():
 
 # -- Pseudo-Label ------------------------------------------------------------------------------------------
 def test_pseudolabel_trains_on_the_weak_view_and_ramps_up():
-    h, (fx, y, u, idx) = heads(), batch()
+    h, (fx, y, u, idx) = heads(), head_batch()
     alg = build_algorithm(cfg("pseudolabel", 0.7, rampup_steps=4), C, 6)
     p = torch.softmax(h.main(u.weak), 1)
     mask = (p.max(1).values >= 0.7).float()
@@ -107,7 +101,7 @@ def test_flexmatch_counts_with_the_configured_threshold_and_keeps_old_slots():
 
 
 def test_flexmatch_step_masks_with_the_class_thresholds():
-    h, (fx, y, u, idx) = heads(), batch()
+    h, (fx, y, u, idx) = heads(), head_batch()
     alg = build_algorithm(cfg("flexmatch", 0.7), C, 6)
     out = alg.step(h, fx, y, u, idx)
     p = torch.softmax(h.main(u.weak), 1)
@@ -150,7 +144,7 @@ def test_freematch_fairness_loss_by_hand():
 
 
 def test_freematch_step_adds_the_weighted_fairness_term():
-    h, (fx, y, u, idx) = heads(), batch()
+    h, (fx, y, u, idx) = heads(), head_batch()
     alg = build_algorithm(cfg("freematch", fairness_weight=0.5), C, 6)
     out = alg.step(h, fx, y, u, idx)
     logits_s = h.main(u.strong[0])
@@ -210,7 +204,7 @@ def test_debiaspl_prior_moves_over_the_batch_axis_and_is_used_by_hand():
 
 
 def test_debiaspl_marginal_loss_by_hand():
-    h, (fx, y, u, idx) = heads(), batch()
+    h, (fx, y, u, idx) = heads(), head_batch()
     alg = build_algorithm(cfg("debiaspl", 0.5, tau=0.4, ema=0.9), C, 6)
     out = alg.step(h, fx, y, u, idx)
     p = torch.softmax(h.main(u.weak), 1)
@@ -225,7 +219,7 @@ def test_debiaspl_with_tau_zero_is_fixmatch():
     a = build_algorithm(cfg("debiaspl", 0.7, tau=0.0), C, 6)
     b = build_algorithm(cfg("fixmatch", 0.7), C, 6)
     for seed in range(4):
-        fx, y, u, idx = batch(seed)
+        fx, y, u, idx = head_batch(seed)
         oa, ob = a.step(h, fx, y, u, idx), b.step(h, fx, y, u, idx)
         assert torch.equal(oa.loss, ob.loss)
         assert torch.equal(oa.pseudo_label, ob.pseudo_label) and torch.equal(oa.mask, ob.mask)
@@ -237,9 +231,9 @@ def test_state_round_trips(name):
     h = heads()
     a = build_algorithm(cfg(name, 0.5), C, 6)
     for seed in range(3):
-        a.step(h, *batch(seed))
+        a.step(h, *head_batch(seed))
     b = build_algorithm(cfg(name, 0.5), C, 6)
     b.load_state_dict(a.state_dict())
-    fx, y, u, idx = batch(7)
+    fx, y, u, idx = head_batch(7)
     oa, ob = a.step(h, fx, y, u, idx), b.step(h, fx, y, u, idx)
     assert torch.equal(oa.loss, ob.loss) and torch.equal(oa.weight, ob.weight)

@@ -5,20 +5,13 @@ import pytest
 import torch
 
 from finessl_lab import io
-from finessl_lab.hooks import Hook
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Trainer, train
+from conftest import crash_at
 
 TINY = ["data.subsample_per_class=20", "run.epochs=2", "run.steps_per_epoch=5", "run.progress=false",
         "data.num_workers=0", "run.checkpoint_every=3", "optim.mu=2"]
 
-
-class Crash(Hook):
-    name = "crash"
-
-    def on_step(self, record):
-        if record.step == 7:
-            raise RuntimeError("simulated crash")
 
 
 def _equal_states(a, b):
@@ -36,7 +29,7 @@ def test_baseline_runs_and_resumes_bit_exact(tmp_path, algorithm):
     assert ref_summary["algorithm"] == algorithm and ref_summary["steps"] == 10
     assert ref["pl_acc"].notna().all() and ref["loss"].notna().all()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        Trainer(cfg, tmp_path / "crashed", hooks=[Crash()]).fit()
+        Trainer(cfg, tmp_path / "crashed", hooks=[crash_at(7)]).fit()
     assert io.load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["step"] == 6
     summary, metrics = train(cfg, tmp_path / "crashed", resume=True)
     pd.testing.assert_frame_equal(metrics, ref)

@@ -14,6 +14,7 @@ from finessl_lab.config import Config
 from finessl_lab.hooks import Hook
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Trainer, train
+from conftest import crash_at
 
 P = torch.tensor([[0.90, 0.05, 0.05],   # 0: class 0, .90
                   [0.60, 0.30, 0.10],   # 1: class 0, .60
@@ -93,13 +94,6 @@ def test_selected_rows_loss_by_hand():
     assert out.pseudo_label[[0, 2]].tolist() == [0, 2]
 
 
-class Crash(Hook):
-    name = "crash"
-
-    def on_step(self, record):
-        if record.step == 7:
-            raise RuntimeError("simulated crash")
-
 
 TINY = ["data.subsample_per_class=20", "run.epochs=3", "run.steps_per_epoch=4", "run.progress=false",
         "data.num_workers=0", "run.checkpoint_every=3", "optim.mu=2"]
@@ -118,7 +112,7 @@ def test_round_methods_run_and_resume_bit_exact(tmp_path, algorithm):
     per_class = torch.bincount(state["labels"][state["labels"] >= 0], minlength=10)
     assert per_class.max() == k and (per_class <= k).all() and selected > (100 if algorithm == "grip" else 20)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        Trainer(cfg, tmp_path / "crashed", hooks=[Crash()]).fit()
+        Trainer(cfg, tmp_path / "crashed", hooks=[crash_at(7)]).fit()
     _, metrics = train(cfg, tmp_path / "crashed", resume=True)
     pd.testing.assert_frame_equal(metrics, ref)
     got = io.load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["algorithm"]

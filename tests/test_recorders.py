@@ -7,19 +7,12 @@ import finessl_lab as fl
 from finessl_lab.cli import main
 from finessl_lab.diagnostics.recorders import RECORDS_DIR, load_table
 from finessl_lab.errors import UserError
-from finessl_lab.hooks import Hook
 from finessl_lab.trainer import HookError, Trainer
+from conftest import crash_at
 
 SMALL = ["data.subsample_per_class=20", "run.epochs=3", "run.steps_per_epoch=10", "run.progress=false",
          "data.num_workers=0", "run.record=true", "algorithm.name=finessl"]
 
-
-class Crash(Hook):
-    name = "crash"
-
-    def on_step(self, record):
-        if record.step == 27:
-            raise RuntimeError("simulated crash")
 
 
 def _tables(run_dir):
@@ -31,7 +24,7 @@ def test_records_survive_interruption_and_resume(tmp_path):
     cfg = fl.resolve("embedded", sets=SMALL + ["run.checkpoint_every=5", "run.record_every=2"])
     fl.train(cfg, tmp_path / "ref")
     with pytest.raises(HookError, match="simulated crash"):
-        Trainer(cfg, tmp_path / "cut", hooks=[Crash()]).fit()
+        Trainer(cfg, tmp_path / "cut", hooks=[crash_at(27)]).fit()
     assert not (tmp_path / "cut" / RECORDS_DIR / "samples.parquet").exists()
     fl.train(cfg, tmp_path / "cut", resume=True)
     ref, cut = _tables(tmp_path / "ref"), _tables(tmp_path / "cut")

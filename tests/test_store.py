@@ -4,12 +4,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from finessl_lab import io
 from finessl_lab.errors import UserError
-from finessl_lab.hooks import Hook
 from finessl_lab.presets import resolve
 from finessl_lab.store import RunStore, config_key
 from finessl_lab.trainer import Trainer
+from conftest import crash_at
 
 SMALL = ["data.subsample_per_class=20", "run.epochs=2", "run.steps_per_epoch=10", "run.progress=false",
          "data.num_workers=0", "algorithm.name=finessl"]
@@ -27,13 +26,6 @@ def test_key_ignores_only_keys_that_change_no_result():
         assert config_key(small_cfg(change)) != base, change
 
 
-class Crash(Hook):
-    name = "crash"
-
-    def on_step(self, record):
-        if record.step == 12:
-            raise RuntimeError("simulated crash")
-
 
 def test_store_trains_reuses_resumes_and_refuses(tmp_path):
     store = RunStore(tmp_path / "store")
@@ -50,7 +42,7 @@ def test_store_trains_reuses_resumes_and_refuses(tmp_path):
     other = small_cfg("run.seed=2")
     d = store.path(other)
     with pytest.raises(RuntimeError):
-        Trainer(other, d, hooks=[Crash()]).fit()
+        Trainer(other, d, hooks=[crash_at(12)]).fit()
     assert store.status(other) == "unfinished"
     resumed = store.get(other)
     assert resumed.action == "resumed"

@@ -9,9 +9,9 @@ import torch
 from finessl_lab import io
 from finessl_lab.algorithms import REGISTRY
 from finessl_lab.cli import main
-from finessl_lab.hooks import Hook
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Trainer, train
+from conftest import crash_at
 
 SMALL = ["data.subsample_per_class=20", "run.epochs=3", "run.steps_per_epoch=10", "run.progress=false",
          "data.num_workers=0"]
@@ -35,16 +35,6 @@ def test_train_embedded_writes_a_complete_run(tmp_path, algorithm):
         assert metrics["pl_acc"].notna().all() and (metrics["pl_mask_ratio"] >= 0).all()
 
 
-class Crash(Hook):
-    name = "crash"
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_step(self, record):
-        if record.step == self.at:
-            raise RuntimeError("simulated crash")
-
 
 def _model_state(run):
     return io.load_checkpoint(run / "checkpoint.pt")["model"]
@@ -54,7 +44,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     cfg = small_cfg("algorithm.name=finessl", "run.checkpoint_every=5")
     ref_summary, ref_metrics = train(cfg, tmp_path / "ref")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        Trainer(cfg, tmp_path / "crashed", hooks=[Crash(at=17)]).fit()
+        Trainer(cfg, tmp_path / "crashed", hooks=[crash_at(17)]).fit()
     assert io.load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["step"] == 15  # lost only 2 steps
     summary, metrics = train(cfg, tmp_path / "crashed", resume=True)
     pd.testing.assert_frame_equal(metrics, ref_metrics)  # bit-exact on CPU

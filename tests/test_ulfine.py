@@ -11,10 +11,10 @@ from finessl_lab import io
 from finessl_lab.algorithms import Heads, UnlabeledViews, build_algorithm
 from finessl_lab.algorithms.ulfine import fuse, orthogonality_loss
 from finessl_lab.config import Config
-from finessl_lab.hooks import Hook
 from finessl_lab.models.heads import CosineHead
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Trainer, train
+from conftest import crash_at
 
 
 def alg(**opts):
@@ -84,13 +84,6 @@ def test_eval_logits_follow_predict_with():
     assert torch.allclose(alg().eval_logits(h, f), h.main(f) + h.aux(f))
 
 
-class Crash(Hook):
-    name = "crash"
-
-    def on_step(self, record):
-        if record.step == 7:
-            raise RuntimeError("simulated crash")
-
 
 def test_ulfine_runs_and_resumes_bit_exact(tmp_path):
     cfg = resolve("embedded", sets=["data.subsample_per_class=20", "run.epochs=2", "run.steps_per_epoch=5",
@@ -99,7 +92,7 @@ def test_ulfine_runs_and_resumes_bit_exact(tmp_path):
     summary, ref = train(cfg, tmp_path / "ref")
     assert summary["steps"] == 10 and ref["loss_orth"].notna().all() and 10 < summary["test_top1"] <= 100
     with pytest.raises(RuntimeError, match="simulated crash"):
-        Trainer(cfg, tmp_path / "crashed", hooks=[Crash()]).fit()
+        Trainer(cfg, tmp_path / "crashed", hooks=[crash_at(7)]).fit()
     _, metrics = train(cfg, tmp_path / "crashed", resume=True)
     pd.testing.assert_frame_equal(metrics, ref)
     a = io.load_checkpoint(tmp_path / "ref" / "checkpoint.pt")
