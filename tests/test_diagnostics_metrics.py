@@ -91,6 +91,8 @@ def test_separation_auroc():
     assert M.separation_auroc([0.5, 0.5], [True, False]) == 0.5  # ties count one half
     # 3 positives, 2 negatives: pairs won = (0.9 > 0.4, 0.2) + (0.6 > 0.4, 0.2) + (0.3 > 0.2) = 5 of 6
     assert M.separation_auroc([0.9, 0.6, 0.3, 0.4, 0.2], [1, 1, 1, 0, 0]) == pytest.approx(5 / 6)
+    # the keyword names of the signature separation_auroc(confidences, correct)
+    assert M.separation_auroc(confidences=[0.9, 0.6, 0.3, 0.4, 0.2], correct=[1, 1, 1, 0, 0]) == pytest.approx(5 / 6)
     assert math.isnan(M.separation_auroc([0.9, 0.8], [True, True]))
     sklearn = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(1)

@@ -110,15 +110,15 @@ def normalized_pseudo_label_entropy(pseudo_labels, num_classes: int) -> float:
     return h / math.log(num_classes) if num_classes > 1 else math.nan
 
 
-def separation_auroc(confidences, positive) -> float:
-    """Area under the ROC curve of ``confidences`` as a score for ``positive`` (e.g. correct pseudo-labels vs
-    wrong ones, or in-distribution vs OOD samples): the probability that a random positive has a higher
-    confidence than a random negative, ties counting one half. 1 = perfect ranking, 0.5 = none; NaN when only
-    one of the two groups is present. The number behind the paper's Figs 4 and 8."""
+def separation_auroc(confidences, correct) -> float:
+    """Area under the ROC curve of ``confidences`` as a score for ``correct`` (True = the positive group: correct
+    pseudo-labels vs wrong ones, or in-distribution vs OOD samples): the probability that a random positive has a
+    higher confidence than a random negative, ties counting one half. 1 = perfect ranking, 0.5 = none; NaN when
+    only one of the two groups is present. The number behind the paper's Figs 4 and 8."""
     c = _array("confidences", confidences)
-    k = _array("positive", positive, dtype=bool)
+    k = _array("correct", correct, dtype=bool)
     if len(c) != len(k):
-        raise UserError(f"confidences ({len(c)}) and positive ({len(k)}) must have the same length")
+        raise UserError(f"confidences ({len(c)}) and correct ({len(k)}) must have the same length")
     n_pos, n_neg = int(k.sum()), int((~k).sum())
     if n_pos == 0 or n_neg == 0:
         return math.nan
