@@ -98,8 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="1 seed, 300 steps per run (CI and smoke tests)")
     r.add_argument("--jobs", type=_typed("--jobs", int), default=1, help="notebooks executed at the same time")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
+    lb = sub.add_parser("lab", help="JupyterLab on notebooks/ (builds the embedded feature cache first if missing)")
+    lb.add_argument("--port", type=_typed("--port", int), default=8888, help="port (0 = a free one)")
+    lb.add_argument("--ip", default="127.0.0.1", help="address to listen on")
+    lb.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the URL")
+    lb.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.subcommands = {"train": t, "compare": c, "features": f, "diagnose": dg, "info": i, "presets": pr,
-                          "reproduce": r}
+                          "reproduce": r, "lab": lb}
     return parser
 
 
@@ -282,7 +287,15 @@ def cmd_reproduce(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "features": cmd_features, "info": cmd_info,
+def cmd_lab(args) -> int:
+    from .lab import lab
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not valid; valid: 0 (a free port) to 65535")
+    return lab(port=args.port, ip=args.ip, open_browser=not args.no_browser)
+
+
+COMMANDS = {"lab": cmd_lab, "train": cmd_train, "compare": cmd_compare, "features": cmd_features, "info": cmd_info,
             "diagnose": cmd_diagnose, "presets": cmd_presets, "reproduce": cmd_reproduce}
 
 

@@ -363,20 +363,26 @@ two histograms overlap, the better confidence works as a sample weight. The thir
 diagram on the test set (accuracy per confidence bin; the diagonal is perfect calibration).
 
 **What to move.**
-- `algorithm`: `fixmatch` vs `finessl` - compare the slope of the first figure and the overlap in the second.
+- `algorithm`: `fixmatch` vs `finessl` - compare the slope of panel (a) and the overlap in panels (b) and (c).
 - `labels/class`: fewer labels make both biases worse (1 or 2 per class).
+- `long-tail ratio`: above 1 the classes get unequal numbers of labeled and unlabeled images (class k gets
+  `labels/class x ratio^(-k/9)` labels, at least one) - the bias that is already in the data adds to the model's.
 - `alpha_base`: 0 switches the balancing margins off - the distribution gets steeper.
-- `lambda`: 0 means no label smoothing on the aux head - watch its confidence histograms and its reliability
-  diagram (stronger smoothing lowers the aux confidence; the paper argues it separates correct from wrong better,
+- `lambda`: 0 means no label smoothing on the aux head - watch its confidence histograms (c) and its reliability
+  curve (d) (stronger smoothing lowers the aux confidence; the paper argues it separates correct from wrong better,
   even when the calibration gets worse).
 - `zeta` (the confidence that counts towards a class's learning pace) and `gamma` (weight of the unlabeled loss).
 
 Every change retrains the heads from scratch on cached features of 5,000 MNIST digits (EfficientNet-Lite0,
-ImageNet weights, frozen - **not CLIP**; the data and the backbone are small so that this runs on a laptop). A
-change costs about 1.2-2.2 CPU-seconds (100 training steps, predictions, three figures; measured on 2 CPU cores,
-where it is also the wall time when the machine is otherwise idle; `tests/test_explore.py` checks <= 2 s). The
-first time a label count is chosen its split is built, which takes a few seconds more. Under papermill
-(`finessl-lab reproduce`) the notebook makes one static run with the default values and saves its figures.
+ImageNet weights, frozen - **not CLIP**; the data and the backbone are small so that this runs on a laptop) and
+redraws one picture with four panels: (a) the sorted pseudo-label distribution, (b, c) the confidence histograms
+of the main and aux heads, (d) the reliability diagram of both heads. A change costs about 1-1.5 CPU-seconds
+(100 training steps, predictions, the picture); the redraw must appear in the browser within 2 s of the slider
+change on 2 otherwise idle CPU cores (`tests/test_explore.py` checks the kernel side, `tests/test_browser.py`
+measures it in JupyterLab in a real browser). Sliders act when released. The first time a label count or a
+long-tail ratio is chosen its split is built, which takes a few seconds more. Under papermill
+(`finessl-lab reproduce`) the notebook makes one static run with the default values and saves its figures (the
+three figures above the controls are that run's).
 """
     cells = [new_markdown_cell(intro)]
     pcell = new_code_cell(COMMON_PARAMS + '\n# training steps per slider change (each retrains from fresh heads)\n'
