@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--port", type=_typed("--port", int), default=8888, help="port (0 = a free one)")
     lb.add_argument("--ip", default="127.0.0.1", help="address to listen on")
     lb.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the URL")
+    lb.add_argument("--no-cache-build", action="store_true",
+                    help="start at once, without checking (and if missing building) the embedded feature cache")
     lb.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.subcommands = {"train": t, "compare": c, "features": f, "diagnose": dg, "info": i, "presets": pr,
                           "reproduce": r, "lab": lb}
@@ -292,7 +294,7 @@ def cmd_lab(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not valid; valid: 0 (a free port) to 65535")
-    return lab(port=args.port, ip=args.ip, open_browser=not args.no_browser)
+    return lab(port=args.port, ip=args.ip, open_browser=not args.no_browser, build_cache=not args.no_cache_build)
 
 
 COMMANDS = {"lab": cmd_lab, "train": cmd_train, "compare": cmd_compare, "features": cmd_features, "info": cmd_info,

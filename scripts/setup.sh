@@ -26,3 +26,14 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     echo "note: fashion_mnist offline data missing: sudo apt-get install dataset-fashion-mnist" >&2
   fi
 fi
+# The browser test (tests/test_browser.py, pytest -m browser): Playwright drives Debian's Chromium (never a browser
+# download). Installed when we are root on Debian/Ubuntu and it is missing; otherwise a note. The test skips without
+# it unless FINESSL_LAB_REQUIRE_BROWSER=1 (CI), which makes a missing browser a failure.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "note: could not apt-get install chromium; the browser test (pytest -m browser) will skip" >&2
+  else
+    echo "note: the browser test needs Chromium: sudo apt-get install chromium" >&2
+  fi
+fi
