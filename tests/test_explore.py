@@ -46,3 +46,24 @@ def test_bad_knob_is_one_line():
         explorer.config(smoothing=1.5)
     with pytest.raises(UserError, match="unknown knob 'lamda'"):
         explorer.config(lamda=0.5)
+
+
+def test_widget_redraw_replaces_the_picture_with_the_new_settings():
+    """A control change retrains and replaces the one picture (no appended, stale plot); sliders act on release;
+    the long-tail ratio is a control and makes the labeled split long-tailed."""
+    explorer = BiasExplorer(steps=10, sets=SETS)
+    explorer.widget()
+    c, image, status = explorer.controls, explorer.image, explorer.status
+    assert set(c) == {"algorithm", "labels_per_class", "long_tail_ratio", "zeta", "smoothing", "alpha_base", "gamma"}
+    assert all(not w.continuous_update for k, w in c.items() if k != "algorithm")
+    first = image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and "lambda=0.5" in status.value
+    c["smoothing"].value = 0.0
+    assert image.value != first and "lambda=0" in status.value and "CPU-s" in status.value
+    c["long_tail_ratio"].value = 10.0
+    assert "long-tail ratio=10" in status.value
+    exp = next(reversed(explorer._experiments.values()))
+    labeled = pd.Series(exp.split_view.targets[exp.split.labeled]).value_counts()
+    assert labeled.max() == 4 and labeled.min() == 1  # N_1 = 4 labels, the tail class 4 / 10 -> at least 1
+    with pytest.raises(UserError, match=r"long_tail_ratio=0.5 is not valid; valid: a number in \[1, 1000\]"):
+        explorer.config(long_tail_ratio=0.5)
