@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 from dataclasses import fields, is_dataclass, replace
 
 import torch
@@ -28,7 +29,8 @@ from torch import Tensor
 
 from .errors import UserError
 
-_CONTROL = None  # a gloo group for CPU flags (stop requests) when the main backend is NCCL
+_CONTROL = None  # a gloo group for barriers and CPU flags (stop requests, epoch logs): no GPU sync for them
+CONTROL_TIMEOUT = timedelta(hours=6)  # rank 0 may build a large feature cache while the others wait
 
 
 def launched() -> bool:
@@ -53,7 +55,7 @@ def init() -> bool:
     if b == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=b)
-    _CONTROL = dist.new_group(backend="gloo") if b == "nccl" else None
+    _CONTROL = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     return True
 
 

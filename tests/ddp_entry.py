@@ -1,12 +1,14 @@
 """Run under ``torchrun`` by tests/test_distributed.py (not a test module itself).
 
     torchrun --standalone --nproc_per_node=2 tests/ddp_entry.py CRASHED FULL STEP SETS...
+    torchrun --standalone --nproc_per_node=2 tests/ddp_entry.py --image OPEN_CLIP_CONFIG.json OUT SETS...
 
 1. trains CRASHED with a hook that raises at step STEP (a simulated crash), and dumps each rank's algorithm
    state at that step to CRASHED.rank<r>.pt (to compare the ranks' class pace);
 2. trains FULL uninterrupted through the CLI code path (``finessl_lab.cli.main(["train", ...])``);
 every file write (finessl_lab.io) is logged per rank to CRASHED.writes<r>.txt, so the test can check that only
-rank 0 wrote.
+rank 0 wrote. With ``--image``: registers a tiny random open_clip config (a test fixture) and trains OUT in image
+mode through the CLI code path.
 """
 import sys
 from pathlib import Path
@@ -48,6 +50,12 @@ class DumpAndCrash(Hook):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--image":
+        import open_clip
+
+        config, out, *sets = sys.argv[2:]
+        open_clip.add_model_config(config)
+        sys.exit(main(["train", "--preset", "embedded", "--out", out] + sum((["--set", s] for s in sets), [])))
     crashed, full, step, *sets = sys.argv[1:]
     distributed.init()
     r = distributed.rank()

@@ -135,3 +135,44 @@ def test_shard_and_divisibility_on_two_ranks(monkeypatch):
     distributed.check_divisible(4, 28)
     with pytest.raises(UserError, match=r"optim.batch_size=5 does not split over 2 processes; valid: a multiple of 2"):
         distributed.check_divisible(5, 10)
+
+
+def test_local_processes_share_the_cores(monkeypatch):
+    from finessl_lab.data import loading
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    alone = loading.available_cores()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loading.available_cores() == max(1, alone // 2)
+
+
+@pytest.mark.slow
+def test_image_mode_two_processes_match_one(tmp_path, tiny_clip_configs):
+    """Image mode (tiny random ViT + VPT-deep, a test fixture): 2 processes vs 1, same global batch."""
+    import open_clip
+
+    from conftest import TEXT_CFG
+
+    name = "finessl-test-tiny-vit-ddp"
+    cfg_file = tmp_path / f"{name}.json"
+    cfg_file.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
+                                                                      "patch_size": 8}, "text_cfg": TEXT_CFG}))
+    open_clip.add_model_config(cfg_file)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), tmp_path / "w.pt")
+    sets = ["data.subsample_per_class=3", "data.labels_per_class=2", "data.image_size=32", "data.resize=32",
+            "data.crop_padding=4", "data.num_workers=0", "model.peft=vpt_deep", "model.vpt_tokens=2",
+            "optim.batch_size=4", "optim.mu=2", "run.epochs=2", "run.steps_per_epoch=3", "run.progress=false",
+            "run.feature_cache=false", "algorithm.name=finessl", f"model.backbone={name}",
+            f"model.pretrained={tmp_path / 'w.pt'}"]
+    _, one = train(resolve("embedded", sets=sets), tmp_path / "one")
+    p, _ = _torchrun([str(ROOT / "tests" / "ddp_entry.py"), "--image", str(cfg_file), str(tmp_path / "two"), *sets],
+                     os.environ["FINESSL_LAB_CACHE"])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    two = _metrics(tmp_path / "two")
+    exact = [c for c in EXACT if c in one.columns]
+    pd.testing.assert_frame_equal(two[exact], one[exact], check_exact=True)
+    loss = [c for c in one.columns if c.startswith(("loss", "weight", "mask"))]
+    pd.testing.assert_frame_equal(two[loss], one[loss], check_exact=False, rtol=1e-5, atol=1e-5)
+    ref, got = (io.load_checkpoint(tmp_path / r / "checkpoint.pt")["model"] for r in ("one", "two"))
+    assert all(torch.allclose(ref[k], got[k], atol=1e-5, rtol=1e-5) for k in ref)
