@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import signal
 import sys
 import threading
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as exc:
         if debug:
             traceback.print_exc()
-        print(_interrupted_line(exc), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 says where its checkpoint is
+            print(_interrupted_line(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:
