@@ -293,8 +293,8 @@ class Trainer:
                     "it again with overwrite=True)" if (out / CONFIG).exists() else "holds no checkpoint.pt")
             raise UserError(f"cannot resume {str(out)!r}: it {what}; valid: a run directory written by "
                             "finessl-lab train")
-        if out.is_dir():  # fail now rather than after building the experiment
-            with io.dir_lock(out):
+        if out.is_dir() and distributed.is_main():  # fail now rather than after building the experiment
+            with io.dir_lock(out):  # (rank 0 only: the ranks of one torchrun job would lock each other out)
                 pass
 
     def _check_resumable(self, resumed, cfg: Config) -> None:
