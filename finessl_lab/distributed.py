@@ -120,8 +120,9 @@ def check_divisible(batch_size: int, unlabeled_batch: int) -> None:
 
 def shard(n: int) -> slice:
     """This rank's contiguous slice of ``n`` rows (``n`` divisible by the world size)."""
-    k, r = n // world_size(), rank()
-    return slice(r * k, (r + 1) * k)
+    from .data.batches import rank_slice
+
+    return rank_slice(n, rank(), world_size())
 
 
 def shard_batch(batch):

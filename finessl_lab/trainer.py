@@ -537,7 +537,8 @@ class Trainer:
                         self.algorithm.on_epoch_start(self.step // spe)
                         self.algorithm.on_round_start(self.step // spe, self._round_context())
                     self.exp.model.train()
-                    record = self._train_step(distributed.shard_batch(batch))  # this rank's slice
+                    batch = batch if self.exp.sharded else distributed.shard_batch(batch)  # this rank's slice
+                    record = self._train_step(batch)
                     if record is not None:
                         self._call_hooks("on_step", distributed.gather_record(record))  # the global batch
                     self.step += 1

@@ -176,3 +176,28 @@ def test_image_mode_two_processes_match_one(tmp_path, tiny_clip_configs):
     pd.testing.assert_frame_equal(two[loss], one[loss], check_exact=False, rtol=1e-5, atol=1e-5)
     ref, got = (io.load_checkpoint(tmp_path / r / "checkpoint.pt")["model"] for r in ("one", "two"))
     assert all(torch.allclose(ref[k], got[k], atol=1e-5, rtol=1e-5) for k in ref)
+
+
+def test_image_batches_of_two_ranks_are_the_slices_of_the_global_batch():
+    """Each rank augments only its slice, seeded by the global position: the two slices are the global batch."""
+    import numpy as np
+    from PIL import Image
+
+    from finessl_lab.data.batches import ImageBatches, SplitView
+    from finessl_lab.data.transforms import build_transforms
+
+    view = SplitView(labeled=np.arange(100, 110), unlabeled=np.arange(20), targets=np.arange(200) % 3,
+                     ood=np.zeros(200, bool), batch_size=4, unlabeled_batch=8, seed=3)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(200)]
+
+    class D:
+        image_size, resize, crop_padding, hflip, randaugment_ops, randaugment_magnitude, cutout = 6, 8, 2, True, 2, 10, 0.5
+        strong_aug, test_view = "randaugment", "center_crop"
+
+    t = build_transforms(D, (0, 0, 0), (1, 1, 1))
+    whole = ImageBatches(images, view, t, 0, 3)[2]
+    parts = [ImageBatches(images, view, t, 0, 3, rank=(r, 2))[2] for r in (0, 1)]
+    for f in ("x", "y", "u_weak", "u_strong1", "u_strong2", "u_index", "u_true", "u_ood"):
+        assert torch.equal(torch.cat([getattr(p, f) for p in parts]), getattr(whole, f)), f
+    assert len(parts[0].x) == 2 and len(parts[0].u_weak) == 4
