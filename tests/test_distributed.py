@@ -38,6 +38,8 @@ def _torchrun(args, cache, timeout=300):
                FINESSL_LAB_CACHE=str(cache), OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
+    if Path("/sys/class/net/lo").exists():  # gloo over loopback: containers whose hostname does not resolve
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
