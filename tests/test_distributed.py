@@ -86,6 +86,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
         assert torch.allclose(ref["model"][k], got["model"][k], atol=1e-5, rtol=1e-5), k
     assert torch.equal(ref["algorithm"]["pace"]["counts"], got["algorithm"]["pace"]["counts"])
     assert torch.equal(ref["algorithm"]["pace"]["slots"], got["algorithm"]["pace"]["slots"])
+    import finessl_lab as fl
+
+    pred = {r: fl.load_run(base / r).predict("test") for r in ("one", "two")}  # the session's cache (conftest)
+    assert (pred["one"]["pred"] == pred["two"]["pred"]).all()  # identical test predictions
+    assert abs(pred["one"]["confidence"] - pred["two"]["confidence"]).max() < 1e-5
     assert "2 processes, each 1/2 of the global batch" in p.stdout and p.stdout.count("test top-1") == 1  # rank 0 prints
 
 
