@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import distributed
 from .config import Config
 from .data.batches import Batch, FeatureBatches, ImageBatches, SplitView
 from .data.datasets import DatasetBundle, load_dataset, resolve_normalization
@@ -54,6 +55,7 @@ class Experiment:
     features: dict | None = None         # feature-cache mode: the cached features (train_clean, test, weak, strong)
     unlabeled_eval: EvalSet | None = None   # the unlabeled set, clean view, in unlabeled-index order (FPL/IFPL/GRIP)
     intra_op_threads: int | None = None  # image mode with loader workers: the cores the workers leave to training
+    sharded: bool = False                # torchrun: ``batches`` already yields this rank's slice (image mode)
     initial_state: dict = field(init=False, repr=False)  # the model's trainable weights as built (fresh heads)
 
     def __post_init__(self):
@@ -178,7 +180,8 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                         generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(precision))
 
     def batches(first: int, total: int):
-        ds = ImageBatches(bundle.train.images, view, transforms, first, total)
+        ds = ImageBatches(bundle.train.images, view, transforms, first, total,
+                          rank=(distributed.rank(), distributed.world_size()))  # torchrun: this rank's slice only
         return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                            pin_memory=device.type == "cuda", persistent_workers=False,
                                            worker_init_fn=ignore_stop_signals if workers else None)
@@ -195,5 +198,5 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
         evals["val"] = image_eval(bundle.train.subset(split.val))
     unl = image_eval(bundle.train.subset(split.unlabeled)) if _needs_unlabeled_pass(cfg) else None
     return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None,
-                      transforms=transforms, unlabeled_eval=unl,
+                      transforms=transforms, unlabeled_eval=unl, sharded=distributed.is_distributed(),
                       intra_op_threads=threads if workers and device.type == "cpu" else None)

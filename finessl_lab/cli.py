@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import signal
 import sys
 import threading
@@ -196,12 +197,20 @@ def cmd_train(args) -> int:
         out = Path(args.out)
         check_out_dir(out, args.overwrite)
         trainer = Trainer(cfg, out, overwrite=args.overwrite)
-    model = trainer.exp.model
-    print(f"{trainer.cfg.algorithm.name}: {model.num_trainable():,} trainable parameters "
-          f"(PEFT {trainer.cfg.model.peft} + main and aux heads) of {sum(p.numel() for p in model.parameters()):,}",
-          flush=True)
-    summary = trainer.fit()
-    _print_summary(summary, trainer.cfg)
+    from . import distributed
+
+    model, main = trainer.exp.model, distributed.is_main()
+    if main:  # under torchrun only rank 0 prints (and writes)
+        print(f"{trainer.cfg.algorithm.name}: {model.num_trainable():,} trainable parameters "
+              f"(PEFT {trainer.cfg.model.peft} + main and aux heads) of {sum(p.numel() for p in model.parameters()):,}"
+              + (f"; {distributed.world_size()} processes, each 1/{distributed.world_size()} of the global batch"
+                 if distributed.is_distributed() else ""), flush=True)
+    try:
+        summary = trainer.fit()
+    finally:
+        distributed.destroy()
+    if main:
+        _print_summary(summary, trainer.cfg)
     return 0
 
 
@@ -348,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as exc:
         if debug:
             traceback.print_exc()
-        print(_interrupted_line(exc), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 says where its checkpoint is
+            print(_interrupted_line(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:

@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import io
+from . import distributed, io
 from .algorithms import REGISTRY, Heads, RoundContext, UnlabeledViews, build_algorithm
-from .build import EvalSet, Experiment, build_experiment
+from .build import EvalSet, Experiment, build_experiment, unlabeled_batch_size
 from .config import Config, describe_diff, diff
 from .device import autocast, grad_scaler, weight_dtype
 from .errors import Stopped, UserError, check_type
@@ -232,10 +232,11 @@ class Trainer:
                  resume: bool = False, experiment: Experiment | None = None, progress: bool | None = None,
                  *, overwrite: bool = False):
         _check_arguments(cfg, out_dir, hooks, resume, experiment, progress, overwrite)
+        distributed.init()  # under torchrun: join the process group (no-op in a single process)
         cfg = cfg.resolved()  # every fidelity item concrete: this is what config.yaml and the checkpoint record
         self.cfg = cfg
         self.out = Path(out_dir).expanduser() if out_dir is not None else None
-        self.progress = cfg.run.progress if progress is None else progress
+        self.progress = (cfg.run.progress if progress is None else progress) and distributed.is_main()
         self.overwrite = overwrite
         self.checkpoint_step: int | None = None  # step of the last checkpoint on disk
         resumed = None
@@ -249,7 +250,9 @@ class Trainer:
         uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
         if experiment is not None:
             check_reusable(experiment, cfg)
-        self.exp = experiment or build_experiment(cfg, uses_unlabeled=uses_unlabeled, progress=self.progress)
+        distributed.check_divisible(cfg.optim.batch_size, unlabeled_batch_size(cfg, uses_unlabeled))
+        with distributed.main_first():  # rank 0 builds the feature cache and split, the other ranks read them
+            self.exp = experiment or build_experiment(cfg, uses_unlabeled=uses_unlabeled, progress=self.progress)
         e = self.exp
         e.reset_model()  # a reused Experiment starts from the same fresh heads (and PEFT weights) as a new one
         self.algorithm = build_algorithm(cfg.algorithm, e.num_classes, len(e.split.unlabeled), e.device)
@@ -258,6 +261,9 @@ class Trainer:
         if len(set(names)) != len(names):
             raise UserError(f"hook names must be unique, got {names}; valid: give every hook its own name "
                             "('pseudo_labels' is built in)")
+        if not distributed.is_main():  # only rank 0 writes: the others train with no run directory
+            self.out, self.hooks = None, [h for h in self.hooks if h.name != "tensorboard"]
+        self._ddp = None  # the DDP-wrapped step under torchrun (built in fit, after a resume's restore)
         params = e.model.trainable_parameters()
         self.optimizer = torch.optim.SGD(param_groups(params, cfg.optim.weight_decay, cfg.optim.decay_scope), lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
@@ -287,8 +293,8 @@ class Trainer:
                     "it again with overwrite=True)" if (out / CONFIG).exists() else "holds no checkpoint.pt")
             raise UserError(f"cannot resume {str(out)!r}: it {what}; valid: a run directory written by "
                             "finessl-lab train")
-        if out.is_dir():  # fail now rather than after building the experiment
-            with io.dir_lock(out):
+        if out.is_dir() and distributed.is_main():  # fail now rather than after building the experiment
+            with io.dir_lock(out):  # (rank 0 only: the ranks of one torchrun job would lock each other out)
                 pass
 
     def _check_resumable(self, resumed, cfg: Config) -> None:
@@ -347,6 +353,7 @@ class Trainer:
         self.checkpoint_step = self.step
 
     def save_checkpoint(self) -> Path | None:
+        self.accum = distributed.mean_dict(self.accum)  # every rank saves / resumes the same epoch logs
         if self.out is None:
             return None
         path = io.save_checkpoint(self.out / CHECKPOINT, self._state())
@@ -368,11 +375,16 @@ class Trainer:
         views = [batch.x] + ([batch.u_weak, batch.u_strong1, batch.u_strong2] if batch.u_weak is not None else [])
         sizes = [len(v) for v in views]
         with autocast(e.device, e.precision):
-            feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
-            u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None
-            out = self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
-        if not torch.isfinite(out.loss):
+            if self._ddp is not None:  # torchrun: the same step inside DDP, which averages the gradients
+                out = self._ddp(torch.cat(views).to(weight_dtype(e.precision)), sizes, batch.y, batch.u_index)
+            else:
+                feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
+                u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None
+                out = self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
+        if not distributed.all_true(torch.isfinite(out.loss)):  # every rank skips / stops at the same step
             if cfg.run.nan_policy == "skip":
+                if self._ddp is not None:
+                    out.loss.backward()  # DDP expects a backward after each forward; the NaN grads are dropped
                 self.skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
@@ -430,6 +442,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int) -> dict:
         n = self.accum.pop("_n", 0.0)
+        self.accum = distributed.mean_dict(self.accum)  # the global batch's losses (mean of the ranks' means)
         row = {"epoch": epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({k: v / n for k, v in self.accum.items()} if n else {})
         self.accum = {}
@@ -451,6 +464,8 @@ class Trainer:
              "trainable_params": self._trained_params(), "skipped_steps": self.skipped,
              "feature_cache": self.cfg.run.feature_cache, "wall_time_s": round(self.elapsed, 2),
              "device": str(self.exp.device), "precision": self.exp.precision}
+        if distributed.is_distributed():
+            s["processes"] = distributed.world_size()
         if "val_top1" in last:
             s.update(val_top1=last["val_top1"], best_val=self.best)
         return s
@@ -514,6 +529,7 @@ class Trainer:
         single = 1 if self.cfg.run.feature_cache and self.exp.device.type == "cpu" else None
         single = single or getattr(self.exp, "intra_op_threads", None)  # image mode: the cores workers leave
         describe = lambda: f"; last checkpoint: {self._last_checkpoint()}" + self._resume_hint()  # noqa: E731
+        self._ddp = distributed.wrap(self.exp.model, self.algorithm)
         try:
             with _catch_signals(flag, describe), _intra_op_threads(single):
                 for batch in self.exp.batches(self.step, total):
@@ -521,9 +537,10 @@ class Trainer:
                         self.algorithm.on_epoch_start(self.step // spe)
                         self.algorithm.on_round_start(self.step // spe, self._round_context())
                     self.exp.model.train()
+                    batch = batch if self.exp.sharded else distributed.shard_batch(batch)  # this rank's slice
                     record = self._train_step(batch)
                     if record is not None:
-                        self._call_hooks("on_step", record)
+                        self._call_hooks("on_step", distributed.gather_record(record))  # the global batch
                     self.step += 1
                     bar.update(1)
                     epoch_end = self.step % spe == 0 or self.step == total
@@ -531,6 +548,8 @@ class Trainer:
                         row = self._end_epoch((self.step - 1) // spe)
                         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", test=f"{row['test_top1']:.2f}")
                     self.elapsed = time.perf_counter() - t0
+                    if distributed.any_flag(bool(flag)) and not flag:  # another rank was signalled
+                        flag["signal"] = signal.SIGTERM
                     if epoch_end or self.step % every == 0 or flag:
                         path = self.save_checkpoint()
                         if epoch_end and self.step < total:  # the last epoch's files are written below
@@ -546,6 +565,7 @@ class Trainer:
         self.elapsed = time.perf_counter() - t0
         self._write_outputs(final=True)
         self._call_hooks("on_train_end", self)
+        distributed.barrier()  # the other ranks wait until rank 0 has written the run's files
         return self.summary()
 
 

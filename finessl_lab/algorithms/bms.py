@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..distributed import gather_rows
 from ..errors import check_choice
 
 FORMS = ("code", "paper")
@@ -65,6 +66,7 @@ class LearningPace:
 
     def update(self, index: Tensor, probs: Tensor) -> None:
         """Record the weak-view predictions ``probs`` [B, C] of unlabeled samples ``index`` [B]."""
+        index, probs = gather_rows(index, probs)  # torchrun: the global batch, so every rank keeps the same pace
         conf, pred = probs.max(dim=1)
         confident = conf >= self.zeta
         new = torch.where(confident, pred, torch.full_like(pred, -1))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import gather_rows
 from ..options import opt
 from .base import Algorithm, register
 
@@ -45,7 +46,7 @@ class DebiasPL(Algorithm):
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
         self._debiased = debias(probs_w, self.p_hat, self.opts.tau)
         m = self.opts.ema
-        self.p_hat = m * self.p_hat + (1 - m) * probs_w.mean(dim=0)
+        self.p_hat = m * self.p_hat + (1 - m) * gather_rows(probs_w)[0].mean(dim=0)  # torchrun: global prior
 
     def pseudo_label(self, probs_w: Tensor) -> Tensor:
         return self._debiased.argmax(dim=1)

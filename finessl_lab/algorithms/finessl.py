@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import global_masked_mean
 from ..options import opt
 from .base import Algorithm, Heads, UnlabeledViews, probs, register
 from .bms import LearningPace, apply_margins, balanced_margins, margin_shape
@@ -147,6 +148,7 @@ class FineSSL(Algorithm):
             else:  # official: mean over the masked rows only, 0 when none is masked
                 keep = mask2 > 0
                 aux = per[keep].mean() if bool(keep.any()) else per.sum() * 0.0
+                aux = global_masked_mean(per, keep, aux)  # torchrun: over the global batch's masked rows
             logs["loss_u_aux"] = aux.item()
             loss = loss + aux
         return loss

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..distributed import gather_rows
 from ..options import opt
 from .base import Algorithm, register
 
@@ -56,6 +57,7 @@ class FlexMatch(Algorithm):
                                self.opts.mapping)
 
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
+        index, probs_w = gather_rows(index, probs_w)  # torchrun: every rank writes the global batch's slots
         conf, pred = probs_w.max(dim=1)
         sel = (conf >= self.cfg.threshold).to(self.slots.device)
         self.slots[index.to(self.slots.device)[sel]] = pred.to(self.slots.device)[sel]

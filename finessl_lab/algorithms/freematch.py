@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import gather_rows
 from ..options import opt
 from .base import Algorithm, register
 
@@ -63,6 +64,7 @@ class FreeMatch(Algorithm):
 
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
         m = self.opts.ema
+        probs_w, = gather_rows(probs_w)  # torchrun: the EMAs of the global batch, the same on every rank
         conf, pred = probs_w.max(dim=1)
         hist = torch.bincount(pred, minlength=self.num_classes).float() / len(pred)
         self.tau_t = m * self.tau_t + (1 - m) * conf.mean()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..distributed import gather_rows
 from ..options import opt
 from .base import Algorithm, register
 
@@ -44,14 +45,14 @@ class SoftMatch(Algorithm):
     def align(self, probs_w: Tensor) -> Tensor:
         if not self.opts.uniform_alignment:
             return probs_w
-        m, mean = self.opts.ema, probs_w.mean(0)
+        m, mean = self.opts.ema, gather_rows(probs_w)[0].mean(0)  # torchrun: the global batch's mean
         self.p_model = mean if self.p_model is None else m * self.p_model + (1 - m) * mean
         p = probs_w * (1.0 / self.num_classes + 1e-6) / (self.p_model + 1e-6)
         return p / p.sum(dim=1, keepdim=True)
 
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
         p = self._aligned = self.align(probs_w)
-        conf, m = p.max(dim=1).values, self.opts.ema
+        conf, m = gather_rows(p.max(dim=1).values)[0], self.opts.ema  # torchrun: global mu_t / var_t
         var = conf.var(unbiased=True) if len(conf) > 1 else torch.zeros_like(conf.sum())
         self.mu_t = m * self.mu_t + (1 - m) * conf.mean()
         self.var_t = m * self.var_t + (1 - m) * var

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import gather_rows
 from ..options import opt
 from .base import Algorithm, Heads, register
 
@@ -109,6 +110,7 @@ class ULFine(Algorithm):
 
     @torch.no_grad()
     def _update_visual(self, fx: Tensor, y: Tensor) -> None:
+        fx, y = gather_rows(fx.detach(), y)  # torchrun: the global batch's class means, the same on every rank
         f = F.normalize(fx.detach().float(), dim=1)
         if self.visual is None:
             self.visual = torch.zeros(self.num_classes, f.shape[1], device=f.device)
@@ -135,9 +137,9 @@ class ULFine(Algorithm):
         self._probs = torch.softmax(logits.float(), 1) if logits is not None else probs_w
         e = self.opts.paf_stat_decay
         if self.opts.paf_statistic == "mean_prob":
-            now = self._probs.mean(0)
+            now = gather_rows(self._probs)[0].mean(0)  # torchrun: the global batch
         else:
-            conf, pred = self._probs.max(1)
+            conf, pred = gather_rows(self._probs)[0].max(1)
             now = torch.bincount(pred[conf >= self.opts.threshold], minlength=self.num_classes).float() / len(pred)
         self.stat = e * self.stat + (1 - e) * now.to(self.stat.device)
 

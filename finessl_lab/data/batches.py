@@ -65,31 +65,41 @@ class SplitView:
         return lab, pos
 
 
+def rank_slice(n: int, rank: int, world: int) -> slice:
+    """Rows of a global batch of ``n`` that process ``rank`` of ``world`` trains on (contiguous, n % world == 0)."""
+    k = n // world
+    return slice(rank * k, (rank + 1) * k)
+
+
 class ImageBatches(torch.utils.data.Dataset):
     """``dataset[step]`` -> Batch of augmented images; wrap in a DataLoader(batch_size=None) for workers."""
 
-    def __init__(self, images, split: SplitView, transforms, first_step: int, total_steps: int):
+    def __init__(self, images, split: SplitView, transforms, first_step: int, total_steps: int,
+                 rank: tuple[int, int] = (0, 1)):
         self.images, self.split, self.t = images, split, transforms
         self.first, self.total = first_step, total_steps
+        self.rank = rank  # (rank, world size) under torchrun: build only this rank's slice of the global batch
 
     def __len__(self) -> int:
         return self.total - self.first
 
-    def _views(self, transform, idx: np.ndarray, stream: int, step: int) -> Tensor:
-        s = self.split.seed
-        return torch.stack([seeded(transform, self.images[int(i)], view_seed(s, stream, step, j))
+    def _views(self, transform, idx: np.ndarray, stream: int, step: int, start: int = 0) -> Tensor:
+        s = self.split.seed  # seeded by the position in the GLOBAL batch (start: where this rank's slice begins)
+        return torch.stack([seeded(transform, self.images[int(i)], view_seed(s, stream, step, start + j))
                             for j, i in enumerate(idx)])
 
     def __getitem__(self, k: int) -> Batch:
         step = self.first + k
         lab, pos = self.split.draw(step)
+        ls, us = rank_slice(len(lab), *self.rank), rank_slice(len(pos), *self.rank)
+        lab, pos = lab[ls], pos[us]
         y = torch.as_tensor(self.split.targets[lab], dtype=torch.long)
-        batch = Batch(x=self._views(self.t.weak, lab, 10, self.split.labeled_step(step)), y=y)
+        batch = Batch(x=self._views(self.t.weak, lab, 10, self.split.labeled_step(step), ls.start), y=y)
         if len(pos):
             uidx = self.split.unlabeled[pos]
-            batch.u_weak = self._views(self.t.weak, uidx, 11, step)
-            batch.u_strong1 = self._views(self.t.strong, uidx, 12, step)
-            batch.u_strong2 = self._views(self.t.strong, uidx, 13, step)
+            batch.u_weak = self._views(self.t.weak, uidx, 11, step, us.start)
+            batch.u_strong1 = self._views(self.t.strong, uidx, 12, step, us.start)
+            batch.u_strong2 = self._views(self.t.strong, uidx, 13, step, us.start)
             batch.u_index = torch.as_tensor(pos, dtype=torch.long)
             batch.u_true = torch.as_tensor(self.split.targets[uidx], dtype=torch.long)
             batch.u_ood = torch.as_tensor(self.split.ood[uidx], dtype=torch.bool)

@@ -18,11 +18,13 @@ class WorkerPlan(NamedTuple):
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS reports it, else ``os.cpu_count()``)."""
+    """Cores this process may run on (its CPU affinity where the OS reports it, else ``os.cpu_count()``), shared
+    out among the processes torchrun starts on this node (``LOCAL_WORLD_SIZE``)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def worker_plan(requested: int, cores: int | None = None) -> WorkerPlan:
