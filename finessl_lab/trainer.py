@@ -267,6 +267,7 @@ class Trainer:
         self.rows: list[dict] = []
         self.accum: dict[str, float] = {}
         self.skipped = 0
+        self._first_bad: Tensor | None = None  # nan_policy=stop: first step with a NaN/Inf loss (-1: none), on device
         self.best: dict = {}
         self.elapsed = 0.0
         seed_everything(cfg.run.seed)
@@ -323,7 +324,7 @@ class Trainer:
                 "model": self.exp.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "algorithm": self.algorithm.state_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks},
-                "rng": rng, "rows": self.rows, "accum": self.accum, "skipped": self.skipped, "best": self.best,
+                "rng": rng, "rows": self.rows, "accum": {k: float(v) for k, v in self.accum.items()}, "skipped": self.skipped, "best": self.best,
                 "elapsed": self.elapsed}
 
     def _restore(self, s: dict) -> None:
@@ -371,30 +372,46 @@ class Trainer:
             feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
             u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None
             out = self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
-        if not torch.isfinite(out.loss):
-            if cfg.run.nan_policy == "skip":
-                self.skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                return None
-            hint = (f"continue from it with --resume {self.out} --set run.nan_policy=skip (Python: "
-                    f"cfg.run.nan_policy='skip'; train(cfg, out, resume=True)) to skip such steps, or lower optim.lr "
-                    f"and start again" if self.checkpoint_step is not None else
-                    "lower optim.lr (or check the data and model.logit_scale) and start again, or set "
-                    "run.nan_policy=skip to skip such steps")
-            raise NonFiniteLoss(f"loss is {out.loss.item()} at step {self.step + 1} of {cfg.total_steps}; training "
-                                f"stopped; last good checkpoint: {self._last_checkpoint()}; {hint}")
+        if cfg.run.nan_policy == "stop":  # checked on the device, read with the logs (_check_finite): no sync here
+            loss, bad = out.loss.detach().float(), self._first_bad
+            if bad is None:
+                bad = (torch.full((), -1, device=loss.device), torch.zeros((), device=loss.device))
+            first = (bad[0] < 0) & ~torch.isfinite(loss)
+            self._first_bad = (torch.where(first, self.step, bad[0]), torch.where(first, loss, bad[1]))
+        elif not torch.isfinite(out.loss):  # skip: the optimiser step depends on it (one host sync per step)
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        for k, v in {"loss": out.loss.item(), **out.logs}.items():
-            self.accum[k] = self.accum.get(k, 0.0) + v
+        for k, v in {"loss": out.loss.detach(), **out.logs}.items():  # summed on the device, read per epoch
+            self.accum[k] = self.accum.get(k, 0.0) + (v.detach().float() if isinstance(v, Tensor) else v)
         self.accum["_n"] = self.accum.get("_n", 0.0) + 1
         return StepRecord(self.step, self.step // cfg.run.steps_per_epoch, out.logs, batch.u_index,
                           out.probs_main, out.probs_aux, out.pseudo_label, out.mask, out.weight,
                           batch.u_true, batch.u_ood)
+
+    def _check_finite(self) -> None:
+        """nan_policy=stop: raise NonFiniteLoss for the first step whose loss was NaN/Inf since the last check (one
+        host read, where the logs are read anyway); the last checkpoint on disk predates it."""
+        if self._first_bad is None:
+            return
+        (bad, loss), self._first_bad = self._first_bad, None
+        bad = int(bad)
+        if bad < 0:
+            return
+        hint = (f"continue from it with --resume {self.out} --set run.nan_policy=skip (Python: "
+                f"cfg.run.nan_policy='skip'; train(cfg, out, resume=True)) to skip such steps, or lower optim.lr "
+                f"and start again" if self.checkpoint_step is not None else
+                "lower optim.lr (or check the data and model.logit_scale) and start again, or set "
+                "run.nan_policy=skip to skip such steps")
+        raise NonFiniteLoss(f"loss is {float(loss)} at step {bad + 1} of {self.cfg.total_steps}; training stopped; "
+                            f"last good checkpoint: {self._last_checkpoint()}; {hint} (seen at the log read after "
+                            f"step {self.step})")
 
     # -- rounds (FPL / IFPL / GRIP) --------------------------------------------------------------------------
     def _round_context(self) -> RoundContext:
@@ -431,7 +448,7 @@ class Trainer:
     def _end_epoch(self, epoch: int) -> dict:
         n = self.accum.pop("_n", 0.0)
         row = {"epoch": epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
-        row.update({k: v / n for k, v in self.accum.items()} if n else {})
+        row.update({k: float(v) / n for k, v in self.accum.items()} if n else {})
         self.accum = {}
         row.update(self.evaluate())
         row["skipped_steps"] = self.skipped
@@ -527,6 +544,8 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     epoch_end = self.step % spe == 0 or self.step == total
+                    if epoch_end or self.step % every == 0 or flag:
+                        self._check_finite()  # before any log is read or any checkpoint written
                     if epoch_end:
                         row = self._end_epoch((self.step - 1) // spe)
                         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", test=f"{row['test_top1']:.2f}")

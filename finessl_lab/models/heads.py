@@ -11,6 +11,7 @@ in fp32 with autocast disabled, so a bf16/fp16 autocast region never degrades th
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +45,17 @@ class CosineHead(nn.Module):
         else:
             self.register_buffer(name, value)
 
+    _once: tuple[Tensor, Tensor] | None = None  # (unit rows, scale) while inside normalised_once()
+
     @property
     def scale(self) -> Tensor:
         return self.log_scale.float().exp() if self.scale_param == "log" else self.logit_scale.float()
+
+    def normalised(self) -> tuple[Tensor, Tensor]:
+        """(W with unit rows in fp32, scale): computed once per ``normalised_once`` block, else on every call."""
+        if self._once is not None:
+            return self._once
+        return F.normalize(self.weight.float(), dim=-1), self.scale
 
     @torch.no_grad()
     def init_weight(self, weight: Tensor) -> None:
@@ -61,12 +70,30 @@ class CosineHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         with torch.autocast(device_type=features.device.type, enabled=False):
             f = F.normalize(features.float(), dim=-1)
-            w = F.normalize(self.weight.float(), dim=-1)
-            return self.scale * (f @ w.t())
+            w, scale = self.normalised()
+            return scale * (f @ w.t())
 
     def extra_repr(self) -> str:
         return (f"in_dim={self.in_dim}, num_classes={self.num_classes}, learn_scale={self.learn_scale}, "
                 f"scale_param={self.scale_param}")
+
+
+@contextmanager
+def normalised_once(*heads):
+    """Inside the block, each :class:`CosineHead` among ``heads`` normalises its weight (and exponentiates its log
+    scale) once, however often it is called: a training step calls the heads up to six times. The cached tensors
+    are part of the autograd graph, so gradients are those of the uncached form; the weights must not change
+    inside the block (the optimiser steps after it). Other modules pass through unchanged."""
+    cosine = [h for h in heads if isinstance(h, CosineHead)]
+    for h in cosine:
+        with torch.autocast(device_type=h.weight.device.type, enabled=False):
+            h._once = None
+            h._once = h.normalised()
+    try:
+        yield
+    finally:
+        for h in cosine:
+            h._once = None
 
 
 def random_unit_rows(num_classes: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
