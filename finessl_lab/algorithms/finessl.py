@@ -126,7 +126,11 @@ class FineSSL(Algorithm):
 
     def _views(self, u: UnlabeledViews, which: int) -> Tensor:
         """The strong-view rows a loss reads: both views stacked (official) or view ``which`` alone."""
-        return torch.cat(list(u.strong[:2])) if self.opts.strong_views == "both" else u.strong[which]
+        if self.opts.strong_views != "both":
+            return u.strong[which]
+        if getattr(u, "_both", None) is None:  # concatenated once per step for both heads
+            u._both = torch.cat(list(u.strong[:2]))
+        return u._both
 
     def _repeat(self, t: Tensor) -> Tensor:
         return torch.cat([t, t]) if self.opts.strong_views == "both" else t
