@@ -163,13 +163,11 @@ class StepLogs:
     def _drain(self) -> None:
         if not self.n:
             return
-        rows = self.buf[:self.n]
-        total = rows.sum(0).tolist()
-        for k, v in zip(self.keys, total):
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        if self.bad is None and not math.isfinite(total[0]):
-            i = int((~torch.isfinite(rows[:, 0])).nonzero()[0])
-            self.bad = (self.first + i, float(rows[i, 0]))
+        for i, row in enumerate(self.buf[:self.n].tolist()):  # summed on the host step by step, in float64: the
+            for k, v in zip(self.keys, row):                    # same sums however the windows split an epoch
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            if self.bad is None and not math.isfinite(row[0]):
+                self.bad = (self.first + i, row[0])
         self.count += self.n
         self.n = 0
 

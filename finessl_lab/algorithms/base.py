@@ -93,6 +93,9 @@ class Algorithm:
     name: ClassVar[str] = "base"
     uses_unlabeled: ClassVar[bool] = True
     num_strong: ClassVar[int] = 1  # strong views the algorithm reads (the data pipeline always offers 2)
+    # stacked training (finessl_lab/stacked.py): the attributes (dotted paths) holding the algorithm's tensor state,
+    # or None if the algorithm cannot be trained stacked with torch.func.vmap
+    stack_state: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, cfg: "AlgorithmConfig", num_classes: int, num_unlabeled: int, device=None):
         self.cfg = cfg

@@ -38,7 +38,7 @@ def balanced_margins(beta: Tensor, alpha_base: float, form: str = "code") -> Ten
 def apply_margins(logits: Tensor, targets: Tensor, margins: Tensor) -> Tensor:
     """Add ``margins[targets[i]]`` to every non-target logit of row i ([B, C] -> [B, C])."""
     m = margins.to(logits.dtype)[targets].unsqueeze(1).expand_as(logits)
-    not_target = torch.ones_like(logits, dtype=torch.bool).scatter_(1, targets.unsqueeze(1), False)
+    not_target = targets.unsqueeze(1) != torch.arange(logits.shape[1], device=logits.device)
     return logits + m * not_target
 
 
@@ -61,8 +61,12 @@ class LearningPace:
         self.write = check_choice("pace write mode", write, self.WRITES)
         # one spare slot at the end takes the writes that change nothing (so no boolean indexing, no host sync)
         self._slots = torch.full((num_unlabeled + 1,), -1, dtype=torch.long, device=device)
-        self.slots = self._slots[:num_unlabeled]
         self.counts = torch.zeros(num_classes, dtype=torch.long, device=device)
+
+    @property
+    def slots(self) -> Tensor:
+        """[N_u] the latest confident pseudo-label of each unlabeled sample, -1 if none."""
+        return self._slots[:-1]
 
     def update(self, index: Tensor, probs: Tensor) -> None:
         """Record the weak-view predictions ``probs`` [B, C] of unlabeled samples ``index`` [B]."""

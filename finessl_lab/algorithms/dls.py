@@ -25,8 +25,8 @@ def smoothed_targets(labels: Tensor, num_classes: int, smoothing: float, form: s
         on, off = 1.0 - smoothing, smoothing / (num_classes - 1)
     else:
         on, off = 1.0 - smoothing + smoothing / num_classes, smoothing / num_classes
-    out = torch.full((labels.shape[0], num_classes), off, dtype=torch.float, device=labels.device)
-    return out.scatter_(1, labels.long().unsqueeze(1), on)
+    on_label = labels.long().unsqueeze(1) == torch.arange(num_classes, device=labels.device)
+    return torch.where(on_label, on, off).float()  # (no in-place scatter: works under torch.func.vmap)
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

@@ -59,6 +59,7 @@ class FineSSLOptions:
 class FineSSL(Algorithm):
     name = "finessl"
     num_strong = 2
+    stack_state = ("pace._slots", "pace.counts", "margins")  # per-run state when trained stacked (stacked.py)
 
     def __init__(self, cfg, num_classes, num_unlabeled, device=None):
         super().__init__(cfg, num_classes, num_unlabeled, device)
