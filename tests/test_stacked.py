@@ -15,7 +15,7 @@ from finessl_lab.presets import resolve
 from finessl_lab.stacked import StackedRuns, stackable, train_stacked
 from finessl_lab.trainer import Trainer, train
 
-SMALL = ["data.subsample_per_class=20", "run.epochs=2", "run.steps_per_epoch=6", "run.progress=false"]
+SMALL = ["data.subsample_per_class=20", "run.epochs=2", "run.steps_per_epoch=4", "run.progress=false"]
 LOSS_TOL = 1e-5
 
 
