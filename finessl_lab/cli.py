@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="redo runs that already finished")
     c.add_argument("--jobs", type=_typed("--jobs", int), default=1,
                    help="runs trained at the same time, each in its own process (same results as --jobs 1)")
+    c.add_argument("--stack", action="store_true",
+                   help="train the seeds of each head-level algorithm together, stacked (same results; "
+                        "supervised, fixmatch, finessl)")
     f = sub.add_parser("features", help="compute the frozen-backbone feature cache")
     _common(f)
     dg = sub.add_parser("diagnose", help="per-run diagnostics of finished runs: top-1, ECE and AUROC of both heads, "
@@ -228,7 +231,7 @@ def cmd_compare(args) -> int:
 
     cfg = config_from_args(args)
     table = compare(cfg, args.algorithms, args.seeds, Path(args.out), overwrite=args.overwrite,
-                    jobs=args.jobs)
+                    jobs=args.jobs, stack=args.stack)
     print()
     print(table.to_string(index=False))
     print(f"\nresults: {Path(args.out) / 'results.csv'} (per run) and {Path(args.out) / 'summary.csv'}")

@@ -88,10 +88,35 @@ def _run_pool(todo: list, jobs: int, progress: bool | None) -> dict:
     return done
 
 
+def _run_stacked(todo: list, progress: bool | None) -> dict:
+    """``compare(stack=True)``: the fresh runs of each algorithm train together (finessl_lab/stacked.py) when they
+    can; the others (resumed runs, algorithms without ``stack_state``, image mode) are left to the caller.
+    {index: summary} of the stacked ones."""
+    from .stacked import StackedRuns, stackable
+    from .trainer import Trainer
+
+    groups: dict = {}
+    for i, c, d, plan in todo:
+        if plan == "fresh":
+            groups.setdefault(c.algorithm.name, []).append((i, c, d))
+    done = {}
+    for runs in groups.values():
+        if len(runs) < 2:
+            continue
+        trainers = [Trainer(c, d, progress=False, overwrite=True) for _, c, d in runs]
+        if stackable(trainers) is not None:
+            continue
+        for (i, _, _), summary in zip(runs, StackedRuns(trainers).fit()):
+            done[i] = summary
+    return done
+
+
 def compare(cfg: Config, algorithms: list[str], seeds: list[int], out: str | Path, overwrite: bool = False,
-            progress: bool | None = None, jobs: int = 1) -> pd.DataFrame:
+            progress: bool | None = None, jobs: int = 1, stack: bool = False) -> pd.DataFrame:
     """Train (or reuse / resume) every algorithm x seed run under ``out``; ``jobs`` > 1 trains that many runs at
-    once in separate processes (same table as ``jobs=1``, the cores shared between them)."""
+    once in separate processes (same table as ``jobs=1``, the cores shared between them). ``stack=True`` trains
+    the seeds of each head-level algorithm together (finessl_lab/stacked.py: same results as one by one, each run
+    in its own directory); runs that cannot stack train as usual."""
     validate(cfg)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 64:
         raise UserError(f"jobs={jobs!r} is not valid; valid: an integer from 1 to 64")
@@ -105,6 +130,7 @@ def compare(cfg: Config, algorithms: list[str], seeds: list[int], out: str | Pat
         check_type(f"seeds[{i}]", s, int, "a non-negative integer")
     check_type("out", out, (str, os.PathLike), "a directory path")
     check_type("overwrite", overwrite, bool, "True or False")
+    check_type("stack", stack, bool, "True or False")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"out {str(out)!r} is a file; valid: a new or existing comparison directory")
@@ -118,7 +144,9 @@ def compare(cfg: Config, algorithms: list[str], seeds: list[int], out: str | Pat
     plans = [(c, out / c.algorithm.name / f"seed{c.run.seed}") for c in configs]
     plans = [(c, d, _plan(d, c, overwrite)) for c, d in plans]  # every directory checked before the first run
     todo = [(i, c, d, plan) for i, (c, d, plan) in enumerate(plans) if plan != "reuse"]
-    pooled = _run_pool(todo, min(jobs, len(todo)), progress) if jobs > 1 and len(todo) > 1 else {}
+    pooled = _run_stacked(todo, progress) if stack else {}
+    todo = [r for r in todo if r[0] not in pooled]
+    pooled.update(_run_pool(todo, min(jobs, len(todo)), progress) if jobs > 1 and len(todo) > 1 else {})
     rows = []
     for i, (c, run_dir, plan) in enumerate(plans):
         if plan == "reuse":

@@ -18,14 +18,15 @@ class StepRecord:
     None for algorithms that use no unlabeled data).
 
     Fields: ``step`` (0-based step just taken), ``epoch`` (0-based), ``logs`` (the step's scalar losses and
-    statistics, e.g. loss_x, loss_u, mask_ratio), ``u_index`` [U] (position of each unlabeled sample in the
+    statistics, e.g. loss_x, loss_u, mask_ratio, as 0-d tensors on the device: ``float(v)`` reads one, which waits
+    for the device, so a hook that wants speed sums them on the device and reads once per epoch), ``u_index`` [U] (position of each unlabeled sample in the
     unlabeled set, the ``index`` of ``Run.predict('unlabeled')``), ``probs_main`` / ``probs_aux`` [U, C]
     (fp32 weak-view probabilities of the main / aux head; aux None without an aux head), ``pseudo_label`` [U],
     ``mask`` [U] (0/1), ``weight`` [U] (the loss weight actually used), ``y_true`` [U] and ``is_ood`` [U]
     (for analysis only: never used for training)."""
     step: int
     epoch: int
-    logs: dict[str, float]
+    logs: dict[str, Tensor | float]
     u_index: Tensor | None = None       # [U] position in the unlabeled set
     probs_main: Tensor | None = None    # [U, C] weak-view probabilities, main head (fp32)
     probs_aux: Tensor | None = None     # [U, C] weak-view probabilities, aux head (FineSSL) or None
@@ -70,7 +71,9 @@ class Hook:
 @dataclass
 class PseudoLabelMonitor(Hook):
     """Per-epoch pseudo-label quality: accuracy over all and over masked samples, mask ratio, and the
-    normalised entropy of the class distribution of masked pseudo-labels (1 = perfectly balanced)."""
+    normalised entropy of the class distribution of masked pseudo-labels (1 = perfectly balanced).
+
+    The counts are summed on the training device and read once per epoch: ``on_step`` never syncs the host."""
     num_classes: int
     name: str = "pseudo_labels"
     counts: Tensor = field(init=False)
@@ -81,35 +84,49 @@ class PseudoLabelMonitor(Hook):
 
     def __post_init__(self):
         self.counts = torch.zeros(self.num_classes, dtype=torch.long)
+        self._sums: Tensor | None = None  # [3] on the device: correct, masked, masked_correct of this epoch so far
 
     def on_step(self, r: StepRecord) -> None:
         if r.pseudo_label is None:
             return
-        pl, y, m = r.pseudo_label.cpu(), r.y_true.cpu(), r.mask.cpu().bool()
+        pl, dev = r.pseudo_label, r.pseudo_label.device
+        y, m = r.y_true.to(dev), r.mask.to(dev) > 0
         ok = pl == y
         if r.is_ood is not None:
-            ok &= ~r.is_ood.cpu()
+            ok &= ~r.is_ood.to(dev)
+        if self.counts.device != dev:
+            self.counts = self.counts.to(dev)
+        if self._sums is None:
+            self._sums = torch.zeros(3, dtype=torch.long, device=dev)
         self.seen += len(pl)
-        self.correct += int(ok.sum())
-        self.masked += int(m.sum())
-        self.masked_correct += int((ok & m).sum())
-        self.counts += torch.bincount(pl[m], minlength=self.num_classes)
+        self._sums += torch.stack([ok.sum(), m.sum(), (ok & m).sum()])
+        self.counts.index_add_(0, pl, m.long())
+
+    def _read(self) -> None:
+        """Move the device sums into the integer fields (one host read)."""
+        if self._sums is not None:
+            c, m, mc = self._sums.tolist()
+            self.correct, self.masked, self.masked_correct = self.correct + c, self.masked + m, self.masked_correct + mc
+            self._sums = None
 
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
+        self._read()
         if not self.seen:
             return None
         out = {"pl_acc": 100.0 * self.correct / self.seen,
                "pl_acc_masked": 100.0 * self.masked_correct / self.masked if self.masked else math.nan,
                "pl_mask_ratio": self.masked / self.seen,
-               "pl_entropy": class_entropy(self.counts)}
+               "pl_entropy": class_entropy(self.counts.cpu())}
         self.load_state_dict({})
         return out
 
     def state_dict(self) -> dict:
-        return {"counts": self.counts.clone(), "seen": self.seen, "correct": self.correct,
+        self._read()
+        return {"counts": self.counts.cpu().clone(), "seen": self.seen, "correct": self.correct,
                 "masked": self.masked, "masked_correct": self.masked_correct}
 
     def load_state_dict(self, state: dict) -> None:
+        self._sums = None
         self.counts = state.get("counts", torch.zeros(self.num_classes, dtype=torch.long)).clone()
         for k in ("seen", "correct", "masked", "masked_correct"):
             setattr(self, k, state.get(k, 0))

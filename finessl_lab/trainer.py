@@ -136,6 +136,49 @@ def top1(logits: Tensor, targets: Tensor) -> float:
     return round(100.0 * int((logits.argmax(1) == targets).sum()) / max(1, len(targets)), 4)
 
 
+class StepLogs:
+    """The step logs of one window (at most an epoch) as rows of a device tensor: one copy per step, no host sync;
+    :meth:`read` sums them on the host once (per epoch, checkpoint or progress refresh) and finds the first step
+    with a NaN/Inf loss."""
+
+    def __init__(self):
+        self.keys: tuple | None = None
+        self.buf: Tensor | None = None
+        self.n = self.first = 0
+        self.sums: dict[str, float] = {}   # already read to the host
+        self.count, self.bad = 0, None
+
+    def add(self, step: int, loss: Tensor, logs: dict, capacity: int) -> None:
+        keys = ("loss", *logs)
+        vals = torch.stack([v.detach().float() if isinstance(v, Tensor) else torch.tensor(float(v), device=loss.device)
+                            for v in (loss, *logs.values())])
+        if self.buf is None or keys != self.keys or self.n == len(self.buf) or vals.device != self.buf.device:
+            self._drain()  # rare: a new set of log keys (or a full buffer) is read to the host first
+            self.keys, self.buf = keys, vals.new_empty(max(1, capacity), len(keys))
+        if self.n == 0:
+            self.first = step
+        self.buf[self.n] = vals
+        self.n += 1
+
+    def _drain(self) -> None:
+        if not self.n:
+            return
+        for i, row in enumerate(self.buf[:self.n].tolist()):  # summed on the host step by step, in float64: the
+            for k, v in zip(self.keys, row):                    # same sums however the windows split an epoch
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            if self.bad is None and not math.isfinite(row[0]):
+                self.bad = (self.first + i, row[0])
+        self.count += self.n
+        self.n = 0
+
+    def read(self) -> tuple[dict, int, tuple | None]:
+        """({key: sum over the steps}, steps, (first step with a NaN/Inf loss, that loss) or None); starts anew."""
+        self._drain()
+        out = (self.sums, self.count, self.bad)
+        self.sums, self.count, self.bad = {}, 0, None
+        return out
+
+
 class HookError(RuntimeError):
     """A hook raised: names the hook, the step and the last checkpoint, with the resume hint. The hook's own
     exception is chained (``__cause__``)."""
@@ -273,6 +316,7 @@ class Trainer:
         self.rows: list[dict] = []
         self.accum: dict[str, float] = {}
         self.skipped = 0
+        self._logs = StepLogs()  # this window's per-step logs, on the device; folded into accum when read
         self.best: dict = {}
         self.elapsed = 0.0
         seed_everything(cfg.run.seed)
@@ -329,7 +373,7 @@ class Trainer:
                 "model": self.exp.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "algorithm": self.algorithm.state_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks},
-                "rng": rng, "rows": self.rows, "accum": self.accum, "skipped": self.skipped, "best": self.best,
+                "rng": rng, "rows": self.rows, "accum": self._fold_logs(), "skipped": self.skipped, "best": self.best,
                 "elapsed": self.elapsed}
 
     def _restore(self, s: dict) -> None:
@@ -378,35 +422,49 @@ class Trainer:
             if self._ddp is not None:  # torchrun: the same step inside DDP, which averages the gradients
                 out = self._ddp(torch.cat(views).to(weight_dtype(e.precision)), sizes, batch.y, batch.u_index)
             else:
-                feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
+                if model.backbone is None:  # feature-cache mode: the views are the features (no copy into one batch)
+                    feats = [v.to(weight_dtype(e.precision)) for v in views]
+                else:
+                    feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
                 u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None
                 out = self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
-        if not distributed.all_true(torch.isfinite(out.loss)):  # every rank skips / stops at the same step
-            if cfg.run.nan_policy == "skip":
-                if self._ddp is not None:
-                    out.loss.backward()  # DDP expects a backward after each forward; the NaN grads are dropped
-                self.skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                return None
-            hint = (f"continue from it with --resume {self.out} --set run.nan_policy=skip (Python: "
-                    f"cfg.run.nan_policy='skip'; train(cfg, out, resume=True)) to skip such steps, or lower optim.lr "
-                    f"and start again" if self.checkpoint_step is not None else
-                    "lower optim.lr (or check the data and model.logit_scale) and start again, or set "
-                    "run.nan_policy=skip to skip such steps")
-            raise NonFiniteLoss(f"loss is {out.loss.item()} at step {self.step + 1} of {cfg.total_steps}; training "
-                                f"stopped; last good checkpoint: {self._last_checkpoint()}; {hint}")
+        # one host sync per step, only with nan_policy=skip; every rank skips the same step under torchrun
+        if cfg.run.nan_policy == "skip" and not distributed.all_true(torch.isfinite(out.loss)):
+            if self._ddp is not None:
+                out.loss.backward()  # DDP expects a backward after each forward; the NaN grads are dropped
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        for k, v in {"loss": out.loss.item(), **out.logs}.items():
-            self.accum[k] = self.accum.get(k, 0.0) + v
-        self.accum["_n"] = self.accum.get("_n", 0.0) + 1
+        self._logs.add(self.step, out.loss, out.logs, cfg.run.steps_per_epoch)  # on the device: no sync
         return StepRecord(self.step, self.step // cfg.run.steps_per_epoch, out.logs, batch.u_index,
                           out.probs_main, out.probs_aux, out.pseudo_label, out.mask, out.weight,
                           batch.u_true, batch.u_ood)
+
+    def _fold_logs(self) -> dict:
+        """Read this window's step logs (one host read) into ``accum``; nan_policy=stop raises NonFiniteLoss for the
+        first step of the window whose loss was NaN/Inf (the last checkpoint on disk predates it)."""
+        sums, n, bad = self._logs.read()
+        for k, v in sums.items():
+            self.accum[k] = self.accum.get(k, 0.0) + v
+        if n:
+            self.accum["_n"] = self.accum.get("_n", 0.0) + n
+        if distributed.any_flag(bad is not None):  # torchrun: every rank stops at the same read
+            step, loss = bad if bad is not None else (self.step - 1, "NaN/Inf on another rank")
+            hint = (f"continue from it with --resume {self.out} --set run.nan_policy=skip (Python: "
+                    f"cfg.run.nan_policy='skip'; train(cfg, out, resume=True)) to skip such steps, or lower optim.lr "
+                    f"and start again" if self.checkpoint_step is not None else
+                    "lower optim.lr (or check the data and model.logit_scale) and start again, or set "
+                    "run.nan_policy=skip to skip such steps")
+            raise NonFiniteLoss(f"loss is {loss} at step {step + 1} of {self.cfg.total_steps}; training stopped; "
+                                f"last good checkpoint: {self._last_checkpoint()}; {hint} (seen when the logs were read "
+                                f"after step {self.step})")
+        return self.accum
 
     # -- rounds (FPL / IFPL / GRIP) --------------------------------------------------------------------------
     def _round_context(self) -> RoundContext:
@@ -441,10 +499,11 @@ class Trainer:
         return lambda f: self.algorithm.eval_logits(heads, f)
 
     def _end_epoch(self, epoch: int) -> dict:
+        self._fold_logs()
         n = self.accum.pop("_n", 0.0)
         self.accum = distributed.mean_dict(self.accum)  # the global batch's losses (mean of the ranks' means)
         row = {"epoch": epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
-        row.update({k: v / n for k, v in self.accum.items()} if n else {})
+        row.update({k: float(v) / n for k, v in self.accum.items()} if n else {})
         self.accum = {}
         row.update(self.evaluate())
         row["skipped_steps"] = self.skipped
@@ -544,6 +603,8 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     epoch_end = self.step % spe == 0 or self.step == total
+                    if epoch_end or self.step % every == 0 or flag:
+                        self._fold_logs()  # before any checkpoint is written: a NaN loss stops here
                     if epoch_end:
                         row = self._end_epoch((self.step - 1) // spe)
                         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", test=f"{row['test_top1']:.2f}")

@@ -135,10 +135,10 @@ def test_item2_aux_loss_is_the_mean_over_masked_rows():
     batch = finessl(aux_mean="batch").step(h, fx, y, u, idx)
     ratio = masked.mask.mean().item()
     assert 0 < ratio < 1
-    assert masked.logs["loss_u_aux"] * ratio == pytest.approx(batch.logs["loss_u_aux"], rel=1e-5)
+    assert float(masked.logs["loss_u_aux"]) * ratio == pytest.approx(float(batch.logs["loss_u_aux"]), rel=1e-5)
     cfg = AlgorithmConfig(name="finessl", threshold=1.0)  # nothing masked: the official 0, not NaN
     none = build_algorithm(cfg, C, 6).step(h, fx, y, u, idx)
-    assert none.logs["loss_u_aux"] == 0.0 and torch.isfinite(none.loss)
+    assert float(none.logs["loss_u_aux"]) == 0.0 and torch.isfinite(none.loss)
 
 
 def test_item3_margins_come_from_the_pace_before_the_batch():

@@ -11,6 +11,11 @@ One training step, given features already computed by the trainer (one backbone 
 
 An algorithm subclass overrides only what differs. Algorithms know nothing about files, devices or logging;
 their state (``state_dict``) is saved and restored with every checkpoint.
+
+No host-device sync inside a step: logs are detached 0-d tensors (the trainer sums them on the device and reads
+them once per epoch), masks are multiplied in rather than used as boolean indices, and no Python ``if`` looks at a
+tensor's value (tests/test_host_syncs.py counts them). The cosine heads normalise their weights once per step
+(``normalised_once``) however often the step calls them.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import check_choice
+from ..models.heads import normalised_once
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import AlgorithmConfig
@@ -56,7 +62,7 @@ class UnlabeledViews:
 @dataclass
 class StepOutput:
     loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Tensor | float] = field(default_factory=dict)  # 0-d tensors on the device: read with float()
     probs_main: Tensor | None = None   # [U, C] weak-view probabilities of the main head
     probs_aux: Tensor | None = None    # [U, C] weak-view probabilities of the aux head (if any)
     pseudo_label: Tensor | None = None
@@ -87,6 +93,9 @@ class Algorithm:
     name: ClassVar[str] = "base"
     uses_unlabeled: ClassVar[bool] = True
     num_strong: ClassVar[int] = 1  # strong views the algorithm reads (the data pipeline always offers 2)
+    # stacked training (finessl_lab/stacked.py): the attributes (dotted paths) holding the algorithm's tensor state,
+    # or None if the algorithm cannot be trained stacked with torch.func.vmap
+    stack_state: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, cfg: "AlgorithmConfig", num_classes: int, num_unlabeled: int, device=None):
         self.cfg = cfg
@@ -112,14 +121,14 @@ class Algorithm:
 
     def supervised_loss(self, heads: Heads, fx: Tensor, y: Tensor, logs: dict) -> Tensor:
         loss = F.cross_entropy(heads.main(fx).float(), y)
-        logs["loss_x"] = loss.item()
+        logs["loss_x"] = loss.detach()
         return loss
 
     def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
                        logs: dict) -> Tensor:
         per_sample = F.cross_entropy(heads.main(u.strong[0]).float(), pl, reduction="none")
         loss = self.cfg.unlabeled_weight * (per_sample * weight).mean()
-        logs["loss_u"] = loss.item()
+        logs["loss_u"] = loss.detach()
         return loss
 
     def after_losses(self, index: Tensor, probs_w: Tensor) -> None:
@@ -143,7 +152,11 @@ class Algorithm:
     # -- the step ---------------------------------------------------------------------------------------
     def step(self, heads: Heads, fx: Tensor, y: Tensor, u: UnlabeledViews | None = None,
              u_index: Tensor | None = None) -> StepOutput:
-        logs: dict[str, float] = {}
+        with normalised_once(heads.main, heads.aux):
+            return self._step(heads, fx, y, u, u_index)
+
+    def _step(self, heads: Heads, fx: Tensor, y: Tensor, u: UnlabeledViews | None, u_index: Tensor | None):
+        logs: dict[str, Tensor] = {}
         if not self.uses_unlabeled or u is None:
             loss = self.supervised_loss(heads, fx, y, logs)
             return StepOutput(loss, logs)
@@ -155,8 +168,8 @@ class Algorithm:
         weight = self.weight(probs_w, probs_aux, mask)
         loss = self.supervised_loss(heads, fx, y, logs) + self.unlabeled_loss(heads, u, pl, mask, weight, logs)
         self.after_losses(u_index, probs_w)
-        logs["mask_ratio"] = mask.mean().item()
-        logs["weight_mean"] = weight.mean().item()
+        logs["mask_ratio"] = mask.mean()
+        logs["weight_mean"] = weight.mean()
         return StepOutput(loss, logs, probs_w, probs_aux, pl, mask, weight)
 
     # -- state -------------------------------------------------------------------------------------------

@@ -39,14 +39,13 @@ def balanced_margins(beta: Tensor, alpha_base: float, form: str = "code") -> Ten
 def apply_margins(logits: Tensor, targets: Tensor, margins: Tensor) -> Tensor:
     """Add ``margins[targets[i]]`` to every non-target logit of row i ([B, C] -> [B, C])."""
     m = margins.to(logits.dtype)[targets].unsqueeze(1).expand_as(logits)
-    not_target = torch.ones_like(logits, dtype=torch.bool).scatter_(1, targets.unsqueeze(1), False)
+    not_target = targets.unsqueeze(1) != torch.arange(logits.shape[1], device=logits.device)
     return logits + m * not_target
 
 
 def normalised_pace(counts: Tensor) -> Tensor:
     """beta = sigma / max sigma, or zeros if nothing has been selected yet."""
-    top = counts.max()
-    return counts.float() / top if top > 0 else torch.zeros_like(counts, dtype=torch.float)
+    return counts.float() / counts.max().clamp_min(1)  # all counts 0 -> zeros (no host sync for the test)
 
 
 class LearningPace:
@@ -61,39 +60,44 @@ class LearningPace:
     def __init__(self, num_unlabeled: int, num_classes: int, zeta: float, device=None, write: str = "confident"):
         self.zeta = zeta
         self.write = check_choice("pace write mode", write, self.WRITES)
-        self.slots = torch.full((num_unlabeled,), -1, dtype=torch.long, device=device)
+        # one spare slot at the end takes the writes that change nothing (so no boolean indexing, no host sync)
+        self._slots = torch.full((num_unlabeled + 1,), -1, dtype=torch.long, device=device)
         self.counts = torch.zeros(num_classes, dtype=torch.long, device=device)
+
+    @property
+    def slots(self) -> Tensor:
+        """[N_u] the latest confident pseudo-label of each unlabeled sample, -1 if none."""
+        return self._slots[:-1]
 
     def update(self, index: Tensor, probs: Tensor) -> None:
         """Record the weak-view predictions ``probs`` [B, C] of unlabeled samples ``index`` [B]."""
         index, probs = gather_rows(index, probs)  # torchrun: the global batch, so every rank keeps the same pace
         conf, pred = probs.max(dim=1)
         confident = conf >= self.zeta
-        new = torch.where(confident, pred, torch.full_like(pred, -1))
+        new = torch.where(confident, pred, -1).to(self.slots.device)
         index = index.to(self.slots.device)
-        new = new.to(self.slots.device)
-        if self.write == "confident":
-            keep = confident.to(self.slots.device)
-            index, new = index[keep], new[keep]
-            if index.numel() == 0:
-                return
-        # a sample may appear twice in a batch: its last occurrence wins
-        order = torch.sort(index, stable=True).indices
-        idx_sorted = index[order]
-        last = torch.ones_like(idx_sorted, dtype=torch.bool)
-        last[:-1] = idx_sorted[1:] != idx_sorted[:-1]
-        index, new = idx_sorted[last], new[order][last]
-        old = self.slots[index]
-        c = self.counts.numel()
-        self.counts -= torch.bincount(old[old >= 0], minlength=c)
-        self.counts += torch.bincount(new[new >= 0], minlength=c)
-        self.slots[index] = new
+        writes = confident.to(self.slots.device) if self.write == "confident" else torch.ones_like(confident)
+        # a sample may appear twice in a batch: its last writing occurrence wins. Sort by (index, position of the
+        # writing occurrence, -1 for a non-writing one); the last entry of each index group decides.
+        b = index.numel()
+        rank = torch.where(writes, torch.arange(b, device=index.device), -1)
+        order = torch.sort(index * (b + 1) + rank + 1).indices
+        idx, rank, new = index[order], rank[order], new[order]
+        last = torch.ones_like(idx, dtype=torch.bool)
+        last[:-1] = idx[1:] != idx[:-1]
+        live = last & (rank >= 0)
+        target = torch.where(live, idx, self.slots.numel())   # the others write -1 into the spare slot
+        new = torch.where(live, new, -1)
+        old = self._slots[target]
+        self.counts.index_add_(0, old.clamp_min(0), -(old >= 0).long())
+        self.counts.index_add_(0, new.clamp_min(0), (new >= 0).long())
+        self._slots[target] = new
 
     def beta(self) -> Tensor:
         return normalised_pace(self.counts)
 
     def reset(self) -> None:
-        self.slots.fill_(-1)
+        self._slots.fill_(-1)
         self.counts.zero_()
 
     def state_dict(self) -> dict:

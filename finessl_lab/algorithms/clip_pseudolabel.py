@@ -108,8 +108,8 @@ class _RoundPseudoLabel(Algorithm):
         x = u.weak if self.opts.view == "weak" else u.strong[0]
         ce = F.cross_entropy(heads.main(x).float(), pl, reduction="none")
         loss = self.cfg.unlabeled_weight * (ce * mask).sum() / mask.sum().clamp_min(1.0)
-        logs["loss_u"] = loss.item()
-        logs["pl_selected"] = float((self.labels >= 0).sum())
+        logs["loss_u"] = loss.detach()
+        logs["pl_selected"] = (self.labels >= 0).sum().float()
         return loss
 
     def state_dict(self) -> dict:

@@ -59,7 +59,7 @@ class DebiasPL(Algorithm):
         if self.opts.marginal_loss and self.opts.tau:
             logits = logits + self.opts.tau * torch.log(self.p_hat.clamp_min(1e-12))
         loss = self.cfg.unlabeled_weight * (F.cross_entropy(logits, pl, reduction="none") * weight).mean()
-        logs["loss_u"] = loss.item()
+        logs["loss_u"] = loss.detach()
         return loss
 
     def state_dict(self) -> dict:

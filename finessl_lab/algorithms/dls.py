@@ -25,10 +25,18 @@ def smoothed_targets(labels: Tensor, num_classes: int, smoothing: float, form: s
         on, off = 1.0 - smoothing, smoothing / (num_classes - 1)
     else:
         on, off = 1.0 - smoothing + smoothing / num_classes, smoothing / num_classes
-    out = torch.full((labels.shape[0], num_classes), off, dtype=torch.float, device=labels.device)
-    return out.scatter_(1, labels.long().unsqueeze(1), on)
+    on_label = labels.long().unsqueeze(1) == torch.arange(num_classes, device=labels.device)
+    return torch.where(on_label, on, off).float()  # (no in-place scatter: works under torch.func.vmap)
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy against target distributions ([B, C], [B, C] -> [B]), in fp32."""
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+
+
+def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
+    """Mean of ``values`` [B] over the rows where ``keep`` [B] is true, 0 when none is (the official
+    ``loss[mask].mean() if mask.sum() > 0 else 0``), without boolean indexing or a host sync; NaN/Inf in rows
+    not kept do not leak in."""
+    keep = keep > 0
+    return torch.where(keep, values, 0.0).sum() / keep.sum().clamp_min(1)

@@ -24,7 +24,7 @@ from ..distributed import global_masked_mean
 from ..options import opt
 from .base import Algorithm, Heads, UnlabeledViews, probs, register
 from .bms import LearningPace, apply_margins, balanced_margins, margin_shape
-from .dls import smoothed_targets, soft_cross_entropy
+from .dls import masked_mean, smoothed_targets, soft_cross_entropy
 
 
 @dataclass
@@ -60,6 +60,7 @@ class FineSSLOptions:
 class FineSSL(Algorithm):
     name = "finessl"
     num_strong = 2
+    stack_state = ("pace._slots", "pace.counts", "margins")  # per-run state when trained stacked (stacked.py)
 
     def __init__(self, cfg, num_classes, num_unlabeled, device=None):
         super().__init__(cfg, num_classes, num_unlabeled, device)
@@ -86,12 +87,14 @@ class FineSSL(Algorithm):
 
     def _set_margins(self, device) -> None:
         beta = self.pace.beta().to(device)
-        if not self.opts.bms or self.pace.counts.max() == 0:
+        if not self.opts.bms:
             self.margins = torch.zeros_like(beta)
-        elif self.opts.dynamic_alpha:
-            self.margins = balanced_margins(beta, self.opts.alpha_base, self.opts.margin_form)
+            return
+        if self.opts.dynamic_alpha:
+            m = balanced_margins(beta, self.opts.alpha_base, self.opts.margin_form)
         else:
-            self.margins = self.opts.alpha_base * margin_shape(beta, self.opts.margin_form)
+            m = self.opts.alpha_base * margin_shape(beta, self.opts.margin_form)
+        self.margins = torch.where(self.pace.counts.to(device).max() > 0, m, 0.0)  # no margins before any pace
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.opts.pace_reset_each_epoch:
@@ -116,16 +119,20 @@ class FineSSL(Algorithm):
         if self.opts.bms_supervised:
             logits = apply_margins(logits, y, self.margins)
         loss = F.cross_entropy(logits, y)
-        logs["loss_x"] = loss.item()
+        logs["loss_x"] = loss.detach()
         if self.uses_aux:
             aux = F.cross_entropy(heads.aux(self._aux_in(fx)).float(), y)
-            logs["loss_x_aux"] = aux.item()
+            logs["loss_x_aux"] = aux.detach()
             loss = loss + aux
         return loss
 
     def _views(self, u: UnlabeledViews, which: int) -> Tensor:
         """The strong-view rows a loss reads: both views stacked (official) or view ``which`` alone."""
-        return torch.cat(list(u.strong[:2])) if self.opts.strong_views == "both" else u.strong[which]
+        if self.opts.strong_views != "both":
+            return u.strong[which]
+        if getattr(u, "_both", None) is None:  # concatenated once per step for both heads
+            u._both = torch.cat(list(u.strong[:2]))
+        return u._both
 
     def _repeat(self, t: Tensor) -> Tensor:
         return torch.cat([t, t]) if self.opts.strong_views == "both" else t
@@ -139,17 +146,16 @@ class FineSSL(Algorithm):
         else:
             per_sample = F.cross_entropy(logits, pl2, reduction="none")
         loss = self.opts.gamma * (per_sample * weight2).mean()
-        logs["loss_u"] = loss.item()
-        logs["alpha_t"] = float(self.margins.max())
+        logs["loss_u"] = loss.detach()
+        logs["alpha_t"] = self.margins.max()
         if self.uses_aux:
             per = soft_cross_entropy(heads.aux(self._aux_in(self._views(u, 1))), self._smooth(pl2))
             if self.opts.aux_mean == "batch":
                 aux = (per * mask2).mean()
             else:  # official: mean over the masked rows only, 0 when none is masked
-                keep = mask2 > 0
-                aux = per[keep].mean() if bool(keep.any()) else per.sum() * 0.0
-                aux = global_masked_mean(per, keep, aux)  # torchrun: over the global batch's masked rows
-            logs["loss_u_aux"] = aux.item()
+                aux = masked_mean(per, mask2)
+                aux = global_masked_mean(per, mask2, aux)  # torchrun: over the global batch's masked rows
+            logs["loss_u_aux"] = aux.detach()
             loss = loss + aux
         return loss
 

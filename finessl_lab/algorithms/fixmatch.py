@@ -9,3 +9,4 @@ from .base import Algorithm, register
 @register
 class FixMatch(Algorithm):
     name = "fixmatch"
+    stack_state = ()  # stateless: trains stacked (stacked.py)

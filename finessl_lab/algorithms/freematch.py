@@ -82,7 +82,7 @@ class FreeMatch(Algorithm):
         logits_s = heads.main(u.strong[0]).float()
         lu = self.cfg.unlabeled_weight * (F.cross_entropy(logits_s, pl, reduction="none") * weight).mean()
         lf = self.opts.fairness_weight * fairness_loss(logits_s, mask, self.p_t, self.h_t)
-        logs["loss_u"], logs["loss_fair"], logs["tau_t"] = lu.item(), lf.item(), float(self.tau_t)
+        logs["loss_u"], logs["loss_fair"], logs["tau_t"] = lu.detach(), lf.detach(), torch.as_tensor(self.tau_t).detach()
         return lu + lf
 
     def state_dict(self) -> dict:

@@ -39,7 +39,7 @@ class PseudoLabel(Algorithm):
         per_sample = F.cross_entropy(heads.main(x).float(), pl, reduction="none")
         loss = self.ramp() * self.cfg.unlabeled_weight * (per_sample * weight).mean()
         self.t += 1
-        logs["loss_u"] = loss.item()
+        logs["loss_u"] = loss.detach()
         return loss
 
     def state_dict(self) -> dict:

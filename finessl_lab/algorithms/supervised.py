@@ -7,4 +7,5 @@ from .base import Algorithm, register
 @register
 class Supervised(Algorithm):
     name = "supervised"
+    stack_state = ()  # stateless: trains stacked (stacked.py)
     uses_unlabeled = False

@@ -158,7 +158,7 @@ class ULFine(Algorithm):
         text = F.cross_entropy(heads.main(fx).float(), y)
         lp = F.cross_entropy(heads.aux(fx).float(), y)
         orth = orthogonality_loss(heads.main.weight)
-        logs.update(loss_x=text.item(), loss_x_lp=lp.item(), loss_orth=orth.item())
+        logs.update(loss_x=text.detach(), loss_x_lp=lp.detach(), loss_orth=orth.detach())
         return text + lp + self.opts.orth_weight * orth
 
     def unlabeled_loss(self, heads, u, pl, mask, weight, logs):
@@ -166,7 +166,7 @@ class ULFine(Algorithm):
         text = (F.cross_entropy(heads.main(s).float(), pl, reduction="none") * weight).mean()
         lp = (F.cross_entropy(heads.aux(s).float(), pl, reduction="none") * weight).mean()
         loss = self.cfg.unlabeled_weight * (text + lp)
-        logs["loss_u"] = loss.item()
+        logs["loss_u"] = loss.detach()
         return loss
 
     def state_dict(self) -> dict:

@@ -108,6 +108,7 @@ class SampleRecorder(_Recorder):
         self.every = int(every)
         self.last_epoch: int | None = None
         self.chunks: list[dict[str, np.ndarray]] = []
+        self._pending = []
 
     def on_train_start(self, trainer) -> None:
         super().on_train_start(trainer)
@@ -121,21 +122,33 @@ class SampleRecorder(_Recorder):
     def on_step(self, r: StepRecord) -> None:
         if r.pseudo_label is None or not self.in_window(r.epoch):
             return
-        n = len(r.pseudo_label)
-        conf, _ = _max_conf(r.probs_main)
-        if r.probs_aux is not None:
-            conf_aux, pred_aux = _max_conf(r.probs_aux)
-            conf_aux, pred_aux = conf_aux.numpy(), pred_aux.numpy()
-        else:
-            conf_aux, pred_aux = np.full(n, np.nan, np.float32), np.full(n, -1, np.int64)
-        self.chunks.append({
-            "step": np.full(n, r.step, np.int64), "epoch": np.full(n, r.epoch, np.int64), "index": _np(r.u_index),
-            "y_true": _np(r.y_true), "is_ood": _np(r.is_ood) if r.is_ood is not None else np.zeros(n, bool),
-            "pseudo_label": _np(r.pseudo_label), "confidence_main": conf.numpy(), "confidence_aux": conf_aux,
-            "pred_aux": pred_aux, "mask": _np(r.mask).astype(bool), "weight": _np(r.weight).astype(np.float32)})
+        # kept on the device (no host sync per step); moved to numpy once per epoch (_flush)
+        self._pending.append((r.step, r.epoch, r.u_index, r.y_true, r.is_ood, r.pseudo_label, r.probs_main.detach(),
+                              None if r.probs_aux is None else r.probs_aux.detach(), r.mask, r.weight))
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for step, epoch, index, y_true, is_ood, pl, probs_main, probs_aux, mask, weight in pending:
+            n = len(pl)
+            conf, _ = _max_conf(probs_main)
+            if probs_aux is not None:
+                conf_aux, pred_aux = _max_conf(probs_aux)
+                conf_aux, pred_aux = conf_aux.numpy(), pred_aux.numpy()
+            else:
+                conf_aux, pred_aux = np.full(n, np.nan, np.float32), np.full(n, -1, np.int64)
+            self.chunks.append({
+                "step": np.full(n, step, np.int64), "epoch": np.full(n, epoch, np.int64), "index": _np(index),
+                "y_true": _np(y_true), "is_ood": _np(is_ood) if is_ood is not None else np.zeros(n, bool),
+                "pseudo_label": _np(pl), "confidence_main": conf.numpy(), "confidence_aux": conf_aux,
+                "pred_aux": pred_aux, "mask": _np(mask).astype(bool), "weight": _np(weight).astype(np.float32)})
+
+    def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
+        self._flush()
+        return None
 
     def frame(self) -> pd.DataFrame:
         """The records as one DataFrame (columns in :attr:`COLUMNS` plus ``correct``)."""
+        self._flush()
         if not self.chunks:
             f = pd.DataFrame({c: pd.Series(dtype=float) for c in self.COLUMNS})
         else:
@@ -147,6 +160,7 @@ class SampleRecorder(_Recorder):
         return {"samples": self.frame()}
 
     def state_dict(self) -> dict:
+        self._flush()
         if not self.chunks:
             return {"columns": {}}
         merged = {c: np.concatenate([ch[c] for ch in self.chunks]) for c in self.COLUMNS}
@@ -156,6 +170,7 @@ class SampleRecorder(_Recorder):
     def load_state_dict(self, state: dict) -> None:
         cols = state.get("columns") or {}
         self.chunks = [dict(cols)] if cols else []
+        self._pending = []
 
 
 class ClassDistributionRecorder(_Recorder):
@@ -173,15 +188,18 @@ class ClassDistributionRecorder(_Recorder):
     def on_step(self, r: StepRecord) -> None:
         if r.pseudo_label is None:
             return
-        pl = r.pseudo_label.detach().cpu()
-        self.counts += torch.bincount(pl, minlength=self.num_classes)
-        self.masked += torch.bincount(pl[r.mask.detach().cpu().bool()], minlength=self.num_classes)
+        pl = r.pseudo_label.detach()
+        if self.counts.device != pl.device:  # counted on the training device: no host sync per step
+            self.counts, self.masked = self.counts.to(pl.device), self.masked.to(pl.device)
+        self.counts.index_add_(0, pl, torch.ones_like(pl))
+        self.masked.index_add_(0, pl, (r.mask.detach() > 0).long())
 
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
-        total, mtotal = int(self.counts.sum()), int(self.masked.sum())
+        counts, masked = self.counts.tolist(), self.masked.tolist()  # one host read per epoch
+        total, mtotal = sum(counts), sum(masked)
         if total:
             for c in range(self.num_classes):
-                n, m = int(self.counts[c]), int(self.masked[c])
+                n, m = counts[c], masked[c]
                 self.rows.append({"epoch": epoch, "class": c, "count": n, "masked_count": m,
                                   "fraction": n / total, "masked_fraction": m / mtotal if mtotal else math.nan})
         self.counts.zero_()
@@ -196,7 +214,7 @@ class ClassDistributionRecorder(_Recorder):
         return {"class_distribution": self.frame()}
 
     def state_dict(self) -> dict:
-        return {"counts": self.counts.clone(), "masked": self.masked.clone(), "rows": list(self.rows)}
+        return {"counts": self.counts.cpu().clone(), "masked": self.masked.cpu().clone(), "rows": list(self.rows)}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
@@ -229,11 +247,13 @@ class EpochMetricsRecorder(_Recorder):
     def on_step(self, r: StepRecord) -> None:
         if r.pseudo_label is None:
             return
-        self.buf["main"].append(r.probs_main.detach().max(dim=1).values.cpu())
+        # kept on the device (no host sync per step); concatenated and read once per epoch
+        pl = r.pseudo_label.detach()
+        self.buf["main"].append(r.probs_main.detach().max(dim=1).values)
         if r.probs_aux is not None:
-            self.buf["aux"].append(r.probs_aux.detach().max(dim=1).values.cpu())
-        ood = r.is_ood.detach().cpu().bool() if r.is_ood is not None else torch.zeros(len(r.pseudo_label), dtype=torch.bool)
-        self.buf["correct"].append((r.pseudo_label.detach().cpu() == r.y_true.detach().cpu()) & ~ood)
+            self.buf["aux"].append(r.probs_aux.detach().max(dim=1).values)
+        ood = r.is_ood.detach().bool() if r.is_ood is not None else torch.zeros(len(pl), dtype=torch.bool, device=pl.device)
+        self.buf["correct"].append((pl == r.y_true.detach()) & ~ood)
         self.buf["ood"].append(ood)
 
     def _test_metrics(self, epoch: int) -> dict:
@@ -270,8 +290,8 @@ class EpochMetricsRecorder(_Recorder):
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
         out: dict = {}
         if self.buf["main"]:
-            main, correct, ood = (torch.cat(self.buf[k]) for k in ("main", "correct", "ood"))
-            aux = torch.cat(self.buf["aux"]) if self.buf["aux"] else None
+            main, correct, ood = (torch.cat(self.buf[k]).cpu() for k in ("main", "correct", "ood"))
+            aux = torch.cat(self.buf["aux"]).cpu() if self.buf["aux"] else None
             ind = ~ood
             for head, conf in (("main", main), ("aux", aux)):
                 if conf is None:
@@ -295,7 +315,7 @@ class EpochMetricsRecorder(_Recorder):
     def state_dict(self) -> dict:
         # the per-epoch buffer is empty at every epoch-end checkpoint; a mid-epoch checkpoint keeps it too
         return {"rows": list(self.rows), "class_rows": list(self.class_rows),
-                "buf": {k: [torch.cat(v)] if v else [] for k, v in self.buf.items()}}
+                "buf": {k: [torch.cat(v).cpu()] if v else [] for k, v in self.buf.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state:

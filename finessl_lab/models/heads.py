@@ -11,6 +11,7 @@ in fp32 with autocast disabled, so a bf16/fp16 autocast region never degrades th
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +45,17 @@ class CosineHead(nn.Module):
         else:
             self.register_buffer(name, value)
 
+    _once: tuple[Tensor, Tensor] | None = None  # (unit rows, scale) while inside normalised_once()
+
     @property
     def scale(self) -> Tensor:
         return self.log_scale.float().exp() if self.scale_param == "log" else self.logit_scale.float()
+
+    def normalised(self) -> tuple[Tensor, Tensor]:
+        """(W with unit rows in fp32, scale): computed once per ``normalised_once`` block, else on every call."""
+        if self._once is not None:
+            return self._once
+        return F.normalize(self.weight.float(), dim=-1), self.scale
 
     @torch.no_grad()
     def init_weight(self, weight: Tensor) -> None:
@@ -58,15 +67,52 @@ class CosineHead(nn.Module):
             raise UserError("head prototypes contain NaN or Inf")
         self.weight.copy_(weight.to(self.weight))
 
+    _features: dict | None = None  # inside normalised_once(): unit-norm features shared by the heads
+
+    def _unit_features(self, features: Tensor) -> Tensor:
+        """``normalize(features)``; inside ``normalised_once`` computed once per input tensor for all heads (the
+        main and aux heads read the same views; a detached input reuses the normalised rows, detached)."""
+        cache = self._features
+        if cache is None:
+            return F.normalize(features.float(), dim=-1)
+        key = (features.data_ptr(), features.shape, features.stride(), features.dtype, features._version)
+        hit = cache.get(key)
+        if hit is not None and (hit[1].requires_grad or not features.requires_grad):
+            return hit[1] if features.requires_grad else hit[1].detach()
+        f = F.normalize(features.float(), dim=-1)
+        cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
+        return f
+
     def forward(self, features: Tensor) -> Tensor:
         with torch.autocast(device_type=features.device.type, enabled=False):
-            f = F.normalize(features.float(), dim=-1)
-            w = F.normalize(self.weight.float(), dim=-1)
-            return self.scale * (f @ w.t())
+            f = self._unit_features(features)
+            w, scale = self.normalised()
+            return scale * (f @ w.t())
 
     def extra_repr(self) -> str:
         return (f"in_dim={self.in_dim}, num_classes={self.num_classes}, learn_scale={self.learn_scale}, "
                 f"scale_param={self.scale_param}")
+
+
+@contextmanager
+def normalised_once(*heads):
+    """Inside the block, each :class:`CosineHead` among ``heads`` normalises its weight (and exponentiates its log
+    scale) once, however often it is called (a training step calls the heads up to six times), and each input
+    feature tensor is normalised once for all of them. The cached tensors
+    are part of the autograd graph, so gradients are those of the uncached form; the weights must not change
+    inside the block (the optimiser steps after it). Other modules pass through unchanged."""
+    cosine = list({id(h): h for h in heads if isinstance(h, CosineHead)}.values())
+    shared: dict = {}
+    for h in cosine:
+        with torch.autocast(device_type=h.weight.device.type, enabled=False):
+            h._once = None
+            h._once = h.normalised()
+        h._features = shared
+    try:
+        yield
+    finally:
+        for h in cosine:
+            h._once = h._features = None
 
 
 def random_unit_rows(num_classes: int, dim: int, generator: torch.Generator | None = None) -> Tensor:

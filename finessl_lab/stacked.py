@@ -1,0 +1,328 @@
+"""Train several head-level runs together: one stacked step for runs that differ only in seed or scalars.
+
+A head-level step is a few small matrix products; on a CPU (and even more on a GPU) its time goes to dispatching
+~500 tiny ops, not to arithmetic. K runs that share the data, the feature cache and the algorithm's code can share
+those dispatches: their heads are stacked into [K, ...] tensors and the algorithm's own ``step`` runs once under
+``torch.func.vmap`` for all of them. Everything that makes a run *that* run stays per run:
+
+  * each run is a normal :class:`~finessl_lab.trainer.Trainer` (its own Experiment: split, batches, head init from
+    its seed), so its initial weights and its sampling stream are exactly those of a sequential run;
+  * the algorithm's tensor state (``Algorithm.stack_state``: FineSSL's pace slots, class counts and margins) is
+    stacked per run; runs whose algorithm options differ are vmapped in separate groups (one call each);
+  * each run's own SGD and lr schedule step its own parameters (which are views of the stacked tensors), so lr,
+    momentum, weight decay and schedule may differ between runs;
+  * per-epoch evaluation, hooks, metrics.csv, summary.json and checkpoint.pt are each run's own, written by its
+    Trainer: a stacked run directory is a normal run directory (``load_run``, ``--resume``).
+
+Results equal sequential runs up to float rounding of the batched matrix products (tests/test_stacked.py: the
+same test accuracy, losses within 1e-5). Stacking needs feature-cache mode with linear heads (no backbone), fp32,
+and an algorithm that declares its ``stack_state`` (supervised, fixmatch, finessl); :func:`stackable` says why
+not otherwise.
+"""
+from __future__ import annotations
+
+import random
+import time
+from contextlib import ExitStack
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from . import io
+from .algorithms import Heads, UnlabeledViews
+from .errors import UserError
+from .hooks import StepRecord
+from .models.heads import CosineHead
+from .progress import progress_bar
+from .rundir import CONFIG
+from .trainer import Interrupted, Trainer, _catch_signals, _intra_op_threads, _signal_name
+
+# keys that may differ between stacked runs (everything else must be equal): seeds and scalar hyper-parameters
+STACK_FREE = ("run.seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.nesterov",
+              "optim.warmup_steps", "algorithm.")
+
+
+def stackable(trainers: list[Trainer]) -> str | None:
+    """None if these trainers can train stacked, else the reason in one line."""
+    from .config import diff
+
+    if len(trainers) < 2:
+        return "fewer than 2 runs"
+    t0 = trainers[0]
+    for t in trainers:
+        e, cfg = t.exp, t.cfg
+        if e.model.backbone is not None or not cfg.run.feature_cache:
+            return f"run {cfg.run.seed}: not head-level (needs run.feature_cache=true and model.peft=linear)"
+        if e.precision != "fp32":
+            return f"run {cfg.run.seed}: precision {e.precision} (stacking needs fp32)"
+        if type(t.algorithm).stack_state is None:
+            return f"algorithm {cfg.algorithm.name!r} declares no stack_state (stackable: supervised, fixmatch, finessl)"
+        if t.step != 0:
+            return f"run {cfg.run.seed}: resumes at step {t.step} (only fresh runs are stacked)"
+        changed = [k for k in diff(t0.cfg, cfg) if not k.startswith(STACK_FREE)]
+        if changed:
+            return f"runs differ in {', '.join(changed)} (stacked runs may differ only in {', '.join(STACK_FREE)})"
+        if type(t.algorithm) is not type(t0.algorithm) or e.device != t0.exp.device:
+            return "runs differ in algorithm or device"
+        shapes = [tuple(p.shape) for p in e.model.trainable_parameters()]
+        if shapes != [tuple(p.shape) for p in t0.exp.model.trainable_parameters()]:
+            return "runs have heads of different shapes"
+    return None
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(obj, path: str, value) -> None:
+    *head, last = path.split(".")
+    for part in head:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+class _Bound(nn.Module):
+    """A head evaluated with one run's slice of the stacked tensors (inside vmap)."""
+
+    def __init__(self, head: nn.Module, tensors: dict):
+        super().__init__()
+        self.head, self.tensors = head, tensors
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional_call(self.head, self.tensors, (x,))
+
+
+class _Unit(nn.Module):
+    """A cosine head on inputs that already are unit rows: ``scale * (x @ w.T)`` with ``w`` the head's unit rows
+    (both normalised once per step, outside vmap, by the same ops as CosineHead.forward)."""
+
+    def __init__(self, w: Tensor, scale: Tensor):
+        super().__init__()
+        self.w, self.scale = w, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * (x @ self.w.t())
+
+
+def _unit_head(head: nn.Module, tensors: dict) -> tuple[Tensor, Tensor]:
+    """[K, C, D] unit rows and [K] scales of stacked CosineHead tensors, as CosineHead.normalised computes them."""
+    w = torch.nn.functional.normalize(tensors["weight"].float(), dim=-1)
+    scale = tensors["log_scale"].float().exp() if head.scale_param == "log" else tensors["logit_scale"].float()
+    return w, scale
+
+
+class StackedRuns:
+    """Train ``trainers`` (fresh runs, see :func:`stackable`) together; ``fit()`` returns their summaries."""
+
+    def __init__(self, trainers: list[Trainer]):
+        why = stackable(trainers)
+        if why is not None:
+            raise UserError(f"these runs cannot be trained stacked: {why}; valid: train them one by one (compare "
+                            "without --stack)")
+        self.trainers = trainers
+        # each run's RNG state right after its Trainer seeded it (head-level steps draw no random numbers): its
+        # checkpoints record it, as a sequential run's would
+        self.rng = []
+        for t in trainers:
+            from .trainer import seed_everything
+
+            seed_everything(t.cfg.run.seed)
+            self.rng.append((random.getstate(), np.random.get_state(), torch.get_rng_state()))
+        self.K = len(trainers)
+        # the heads' tensors, stacked [K, ...]; each run's parameters become views of them (its optimiser updates
+        # them in place, so the stacked tensors always hold every run's current weights)
+        self.heads = {}
+        for h in ("main", "aux"):
+            mods = [getattr(t.exp.model, h) for t in trainers]
+            tensors = {}
+            for name, _ in list(mods[0].named_parameters()) + list(mods[0].named_buffers()):
+                stacked = torch.stack([_get(m, name).detach() for m in mods])
+                for k, m in enumerate(mods):
+                    _get(m, name).data = stacked[k]
+                tensors[name] = stacked.requires_grad_(_get(mods[0], name).requires_grad)
+            self.heads[h] = tensors
+        # groups of runs sharing the algorithm config: one vmapped call each
+        groups: dict = {}
+        for k, t in enumerate(trainers):
+            groups.setdefault(repr(t.cfg.algorithm), []).append(k)
+        self.groups = list(groups.values())
+        self.state_paths = type(trainers[0].algorithm).stack_state
+        self.state: list[dict[str, Tensor]] = [{} for _ in self.groups]
+        self._state_in()
+
+    # -- algorithm state: per-run attributes <-> stacked tensors -----------------------------------------
+    def _state_in(self) -> None:
+        for g, runs in enumerate(self.groups):
+            self.state[g] = {p: torch.stack([_get(self.trainers[k].algorithm, p) for k in runs])
+                             for p in self.state_paths}
+
+    def _state_out(self) -> None:
+        for g, runs in enumerate(self.groups):
+            for i, k in enumerate(runs):
+                for p in self.state_paths:
+                    _set(self.trainers[k].algorithm, p, self.state[g][p][i].clone())
+
+    # -- one stacked step --------------------------------------------------------------------------------
+    def _group_step(self, g: int, runs: list[int], batches: list):
+        alg = self.trainers[runs[0]].algorithm  # the code carrier: runs of a group share the algorithm config
+        model = self.trainers[runs[0]].exp.model
+        paths = self.state_paths
+        idx = torch.tensor(runs, device=self.heads["main"][next(iter(self.heads["main"]))].device)
+        heads = {h: {n: t.index_select(0, idx) if len(runs) < self.K else t for n, t in ts.items()}
+                 for h, ts in self.heads.items()}
+        bs = [batches[k] for k in runs]
+        cosine = all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux"))
+        unit = (lambda t: torch.nn.functional.normalize(t.float(), dim=-1)) if cosine else (lambda t: t)
+        x = unit(torch.stack([b.x for b in bs]))
+        y = torch.stack([b.y for b in bs])
+        has_u = bs[0].u_weak is not None and alg.uses_unlabeled
+        u = [unit(torch.stack([getattr(b, f) for b in bs])) for f in ("u_weak", "u_strong1", "u_strong2")] + \
+            [torch.stack([b.u_index for b in bs])] if has_u else [None] * 4
+        if cosine:  # features and weights normalised once per step for all runs (CosineHead's own ops)
+            heads = {h: _unit_head(getattr(model, h), ts) for h, ts in heads.items()}
+
+        def one(main_t, aux_t, state, x, y, uw, us1, us2, uidx):
+            for p in paths:
+                _set(alg, p, state[p])
+            hs = Heads(_Unit(*main_t), _Unit(*aux_t)) if cosine else \
+                Heads(_Bound(model.main, main_t), _Bound(model.aux, aux_t))
+            out = alg.step(hs, x, y, UnlabeledViews(uw, [us1, us2]) if uw is not None else None, uidx)
+            extra = {k: v for k, v in (("probs_main", out.probs_main), ("probs_aux", out.probs_aux),
+                                      ("pseudo_label", out.pseudo_label), ("mask", out.mask),
+                                      ("weight", out.weight)) if v is not None}
+            logs = {k: torch.as_tensor(v, device=out.loss.device) for k, v in out.logs.items()}
+            return out.loss, logs, extra, {p: _get(alg, p) for p in paths}
+
+        dims = (0, 0, 0, 0, 0) + ((0, 0, 0, 0) if has_u else (None,) * 4)
+        loss, logs, extra, state = vmap(one, in_dims=dims, randomness="error")(
+            heads["main"], heads["aux"], self.state[g], x, y, *u)
+        self.state[g] = state
+        return loss, logs, extra
+
+    def _step(self, batches: list) -> Tensor:
+        losses = []
+        for g, runs in enumerate(self.groups):
+            loss, logs, extra = self._group_step(g, runs, batches)
+            losses.append(loss.sum())
+            self._pending.append((runs, loss, logs, extra))
+        for ts in self.heads.values():
+            for t in ts.values():
+                t.grad = None
+        torch.stack(losses).sum().backward()  # d(sum of the runs' losses)/d(run k's head) = d(loss_k)/d(head_k)
+        for h, ts in self.heads.items():
+            for name, t in ts.items():
+                if t.grad is None:
+                    continue
+                for k, tr in enumerate(self.trainers):
+                    _get(getattr(tr.exp.model, h), name).grad = t.grad[k]
+        for t in self.trainers:
+            t.optimizer.step()
+            t.scheduler.step()
+        return torch.stack(losses).sum()
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        with ExitStack() as stack:
+            for t in self.trainers:
+                if t.out is not None:
+                    t.out.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(io.dir_lock(t.out))
+                    t._prepare_out_dir()
+            return self._fit()
+
+    def _checkpoint(self, k: int):
+        t = self.trainers[k]
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.setstate(self.rng[k][0])
+        np.random.set_state(self.rng[k][1])
+        torch.set_rng_state(self.rng[k][2])
+        try:
+            return t.save_checkpoint()
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+    def _fit(self) -> list[dict]:
+        ts = self.trainers
+        cfg = ts[0].cfg
+        total, spe = cfg.total_steps, cfg.run.steps_per_epoch
+        every = cfg.run.checkpoint_every or spe
+        for t in ts:
+            if t.out is not None:
+                io.write_text(t.out / CONFIG, t.cfg.to_yaml())
+            t._call_hooks("on_train_start", t)
+        iters = [iter(t.exp.batches(0, total)) for t in ts]
+        flag: dict = {}
+        t0 = time.perf_counter()
+        progress = any(t.progress for t in ts)
+        bar = progress_bar(total=total, desc=f"{self.K} stacked {cfg.algorithm.name} runs", unit="step",
+                           disable=not progress, leave=True)
+        threads = 1 if ts[0].exp.device.type == "cpu" else None
+        try:
+            with _catch_signals(flag), _intra_op_threads(threads):
+                for step in range(total):
+                    batches = [next(it) for it in iters]
+                    batches = [b.to(ts[0].exp.device, non_blocking=True) for b in batches]
+                    if step % spe == 0:
+                        self._state_out()
+                        for t in ts:
+                            t.algorithm.on_epoch_start(step // spe)
+                        self._state_in()
+                    for t in ts:
+                        t.exp.model.train()
+                    self._pending = []
+                    self._step(batches)
+                    for runs, loss, logs, extra in self._pending:
+                        for i, k in enumerate(runs):
+                            t, b = ts[k], batches[k]
+                            t._logs.add(step, loss[i], {n: v[i] for n, v in logs.items()}, spe)
+                            ex = {n: v[i] for n, v in extra.items()}
+                            rec = StepRecord(step, step // spe, {n: v[i] for n, v in logs.items()}, b.u_index,
+                                             ex.get("probs_main"), ex.get("probs_aux"), ex.get("pseudo_label"),
+                                             ex.get("mask"), ex.get("weight"), b.u_true, b.u_ood)
+                            t._call_hooks("on_step", rec)
+                    for t in ts:
+                        t.step += 1
+                    bar.update(1)
+                    epoch_end = (step + 1) % spe == 0 or step + 1 == total
+                    if epoch_end or (step + 1) % every == 0 or flag:
+                        self._state_out()
+                        for k, t in enumerate(ts):
+                            t._fold_logs()
+                            if epoch_end:
+                                t._end_epoch(step // spe)
+                            t.elapsed = time.perf_counter() - t0
+                            self._checkpoint(k)
+                            if epoch_end and step + 1 < total:
+                                t._write_outputs(final=False)
+                    if flag:
+                        signum = flag["signal"]
+                        raise Interrupted(f"stopped by {_signal_name(signum)} after step {step + 1} of {total}; "
+                                          f"checkpoints saved in each run directory; continue each run with "
+                                          f"finessl-lab train --resume <run dir>", signum, step + 1)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        out = []
+        for t in ts:
+            t.elapsed = elapsed  # the runs trained together: each summary names the shared wall time
+            t._write_outputs(final=True)
+            t._call_hooks("on_train_end", t)
+            out.append({**t.summary(), "stacked_runs": self.K})
+        return out
+
+
+def train_stacked(cfgs: list, out_dirs: list | None = None, progress: bool | None = None,
+                  overwrite: bool = False) -> list[dict]:
+    """Train the runs of ``cfgs`` (head-level, differing only in seed / scalar hyper-parameters) together;
+    each writes its normal run directory ``out_dirs[k]`` (None: no files). Returns their summaries."""
+    out_dirs = out_dirs if out_dirs is not None else [None] * len(cfgs)
+    if len(out_dirs) != len(cfgs):
+        raise UserError(f"out_dirs has {len(out_dirs)} entries for {len(cfgs)} configs; valid: one per config")
+    trainers = [Trainer(c, d, progress=progress, overwrite=overwrite) for c, d in zip(cfgs, out_dirs)]
+    return StackedRuns(trainers).fit()

@@ -1,0 +1,72 @@
+"""Issue 13, target 6: head-level runs that differ only in seed / scalar hyper-parameters train stacked
+(finessl_lab/stacked.py) with the results of sequential runs: the same test accuracy every epoch, losses within
+1e-5, the same final weights within 1e-5 and the same algorithm state (FineSSL's pace slots and counts); each
+stacked run writes a normal run directory that load_run reads and --resume continues."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from finessl_lab import io
+from finessl_lab.compare import compare
+from finessl_lab.errors import UserError
+from finessl_lab.presets import resolve
+from finessl_lab.stacked import StackedRuns, stackable, train_stacked
+from finessl_lab.trainer import Trainer, train
+
+SMALL = ["data.subsample_per_class=20", "run.epochs=2", "run.steps_per_epoch=4", "run.progress=false"]
+LOSS_TOL = 1e-5
+
+
+def configs(algorithm, *extra):
+    base = SMALL + [f"algorithm.name={algorithm}", *extra]
+    return [resolve("embedded", sets=base + ["run.seed=1"]), resolve("embedded", sets=base + ["run.seed=2"]),
+            resolve("embedded", sets=base + ["run.seed=3", "optim.lr=0.01"])]
+
+
+@pytest.mark.parametrize("algorithm", ["supervised", "fixmatch", "finessl"])
+def test_stacked_runs_equal_sequential_runs(tmp_path, algorithm):
+    cfgs = configs(algorithm)
+    stacked = train_stacked(cfgs, [tmp_path / f"s{k}" for k in range(3)])
+    for k, c in enumerate(cfgs):
+        summary, metrics = train(c, tmp_path / f"q{k}")
+        assert stacked[k]["test_top1"] == summary["test_top1"] and stacked[k]["stacked_runs"] == 3
+        other = pd.read_csv(tmp_path / f"s{k}" / "metrics.csv")
+        assert other["test_top1"].tolist() == metrics["test_top1"].tolist()
+        for col in [c for c in metrics.columns if c.startswith("loss")]:
+            assert other[col].to_numpy() == pytest.approx(metrics[col].to_numpy(), abs=LOSS_TOL), col
+        a, b = (io.load_checkpoint(tmp_path / d / "checkpoint.pt") for d in (f"s{k}", f"q{k}"))
+        for name in b["model"]:
+            torch.testing.assert_close(a["model"][name], b["model"][name], atol=1e-5, rtol=1e-5)
+        if algorithm == "finessl":
+            assert torch.equal(a["algorithm"]["pace"]["slots"], b["algorithm"]["pace"]["slots"])
+            assert torch.equal(a["algorithm"]["pace"]["counts"], b["algorithm"]["pace"]["counts"])
+        assert a["step"] == b["step"] and a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+
+
+def test_a_stacked_run_directory_resumes_like_a_sequential_one(tmp_path):
+    cfgs = configs("finessl")
+    train_stacked(cfgs[:2], [tmp_path / "a", tmp_path / "b"])
+    longer = resolve("embedded", sets=SMALL + ["algorithm.name=finessl", "run.seed=1"])
+    t = Trainer(longer, tmp_path / "a", resume=True)  # the run is complete: resuming trains nothing more
+    assert t.step == longer.total_steps and t.fit()["test_top1"] == train(longer, tmp_path / "c")[0]["test_top1"]
+
+
+def test_only_runs_differing_in_seed_or_scalars_stack():
+    a = Trainer(resolve("embedded", sets=SMALL + ["algorithm.name=finessl"]), None)
+    b = Trainer(resolve("embedded", sets=SMALL + ["algorithm.name=finessl", "run.seed=5", "optim.batch_size=16"]), None)
+    assert "optim.batch_size" in stackable([a, b])
+    c = Trainer(resolve("embedded", sets=SMALL + ["algorithm.name=flexmatch"]), None)
+    assert "stack_state" in stackable([c, c])
+    with pytest.raises(UserError, match="cannot be trained stacked"):
+        StackedRuns([a, b])
+
+
+def test_compare_stack_gives_the_sequential_table(tmp_path):
+    cfg = resolve("embedded", sets=SMALL)
+    seq = compare(cfg, ["fixmatch", "finessl"], [1, 2], tmp_path / "seq", progress=False)
+    st = compare(cfg, ["fixmatch", "finessl"], [1, 2], tmp_path / "st", progress=False, stack=True)
+    pd.testing.assert_frame_equal(seq, st)
+    again = compare(cfg, ["fixmatch", "finessl"], [1, 2], tmp_path / "st", progress=False, stack=True)  # reused
+    pd.testing.assert_frame_equal(st, again)
