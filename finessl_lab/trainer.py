@@ -373,8 +373,8 @@ class Trainer:
                 "model": self.exp.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "algorithm": self.algorithm.state_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks},
-                "rng": rng, "rows": self.rows, "accum": self._fold_logs(), "skipped": self.skipped, "best": self.best,
-                "elapsed": self.elapsed}
+                "rng": rng, "rows": self.rows, "accum": self._fold_logs(agree=False), "skipped": self.skipped,
+                "best": self.best, "elapsed": self.elapsed}
 
     def _restore(self, s: dict) -> None:
         self.exp.model.load_trainable_state_dict(s["model"])
@@ -446,7 +446,7 @@ class Trainer:
                           out.probs_main, out.probs_aux, out.pseudo_label, out.mask, out.weight,
                           batch.u_true, batch.u_ood)
 
-    def _fold_logs(self) -> dict:
+    def _fold_logs(self, agree: bool = True) -> dict:
         """Read this window's step logs (one host read) into ``accum``; nan_policy=stop raises NonFiniteLoss for the
         first step of the window whose loss was NaN/Inf (the last checkpoint on disk predates it)."""
         sums, n, bad = self._logs.read()
@@ -454,7 +454,9 @@ class Trainer:
             self.accum[k] = self.accum.get(k, 0.0) + v
         if n:
             self.accum["_n"] = self.accum.get("_n", 0.0) + n
-        if distributed.any_flag(bad is not None):  # torchrun: every rank stops at the same read
+        # torchrun: every rank stops at the same read (agree=False inside rank 0's checkpoint, where the loop has
+        # just folded and agreed: a collective there would wait for ranks that write no checkpoint)
+        if (distributed.any_flag(bad is not None) if agree else bad is not None):
             step, loss = bad if bad is not None else (self.step - 1, "NaN/Inf on another rank")
             hint = (f"continue from it with --resume {self.out} --set run.nan_policy=skip (Python: "
                     f"cfg.run.nan_policy='skip'; train(cfg, out, resume=True)) to skip such steps, or lower optim.lr "
