@@ -9,7 +9,15 @@ test   = test_view=resize       Resize((image_size, image_size)) of the whole im
          -> ToTensor -> Normalize
 
 :func:`seeded` runs any transform with the RNGs forked and seeded, so a view is a pure function of
-(image, seed); :func:`view_seed` derives such seeds from (seed, stream, step, index).
+(image, seed); :func:`seeded_many` does the same for a whole batch, saving and restoring the RNGs once per batch
+instead of once per image (same views, bit for bit); :func:`view_seed` derives such seeds from (seed, stream, step,
+index).
+
+Speed (issue 13), with views identical to torchvision's: :class:`ReflectRandomCrop` is ``RandomCrop(padding,
+padding_mode='reflect')`` that gathers the crop's pixels by index instead of padding the whole image through numpy
+(same random draws, same pixels). ``build_transforms(..., uint8=True)`` ends the views with ``PILToTensor``
+(uint8 transport: a quarter of the bytes of fp32); :func:`normalize_uint8` then does ``ToTensor`` + ``Normalize``
+on the device, with the same float operations in the same order (identical results on CPU).
 """
 from __future__ import annotations
 
@@ -59,26 +67,73 @@ class Cutout:
         return f"Cutout(fraction={self.fraction}, fill={self.fill})"
 
 
+class ReflectRandomCrop(T.RandomCrop):
+    """``T.RandomCrop(size, padding, padding_mode='reflect')`` for PIL images without padding the whole image: the
+    crop offset is drawn exactly as torchvision draws it (same ``torch.randint`` calls on the padded size), then
+    the crop's rows and columns are gathered by reflected index. Same pixels as torchvision's; other inputs (tensors,
+    other modes, padding as wide as the image) go through torchvision's own code."""
+
+    def __init__(self, size, padding: int):
+        super().__init__(size, padding=int(padding), padding_mode="reflect")
+
+    def forward(self, img):
+        p = self.padding
+        if not isinstance(img, Image.Image) or img.mode not in ("RGB", "L") or not isinstance(p, int) \
+                or p >= min(img.size) or self.pad_if_needed:
+            return super().forward(img)
+        w, h = img.size
+        th, tw = self.size
+        hp, wp = h + 2 * p, w + 2 * p
+        if hp < th or wp < tw:
+            raise ValueError(f"Required crop size {(th, tw)} is larger than input image size {(hp, wp)}")
+        if (hp, wp) == (th, tw):
+            i = j = 0
+        else:  # torchvision's RandomCrop.get_params, draw for draw
+            i = torch.randint(0, hp - th + 1, size=(1,)).item()
+            j = torch.randint(0, wp - tw + 1, size=(1,)).item()
+        rows, cols = _reflect(np.arange(i - p, i - p + th), h), _reflect(np.arange(j - p, j - p + tw), w)
+        return Image.fromarray(np.asarray(img)[rows[:, None], cols])
+
+
+def _reflect(k: np.ndarray, n: int) -> np.ndarray:
+    """Indices ``k`` (within one reflection, -n < k < 2n - 1) reflected into 0..n-1 as numpy's 'reflect' pad."""
+    k = np.abs(k)
+    return np.where(k > n - 1, 2 * (n - 1) - k, k)
+
+
+def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``Normalize(mean, std)(ToTensor()(img))`` for a uint8 [..., C, H, W] tensor on any device: the same float32
+    operations in the same order (x / 255, - mean, / std), so the same values as the fp32 views."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return x.to(torch.float32).div(255).sub_(m).div_(s)
+
+
 @dataclass
 class ViewTransforms:
     weak: Transform
     strong: Transform
     test: Transform
+    mean: tuple | None = None   # the normalisation the views end with (or, uint8 views, leave to the device)
+    std: tuple | None = None
+    uint8: bool = False         # True: weak and strong views are uint8 tensors (normalize_uint8 on the device)
 
 
 STRONG_AUGS = ("randaugment_mc", "randaugment")
 TEST_VIEWS = ("resize", "center_crop")
 
 
-def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float]) -> ViewTransforms:
+def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint8: bool = False) -> ViewTransforms:
     """Views for a DataConfig-like ``cfg`` (image_size, resize, crop_padding, hflip, randaugment_ops,
     randaugment_magnitude, cutout, strong_aug, test_view) normalised with ``mean``/``std``. ``strong_aug`` and
-    ``test_view`` left at 'auto' (or absent) take the official forms, the default fidelity's."""
+    ``test_view`` left at 'auto' (or absent) take the official forms, the default fidelity's. ``uint8=True``: the
+    weak and strong views stop before ``ToTensor`` + ``Normalize`` and return uint8 tensors, to be normalised on
+    the device with :func:`normalize_uint8` (the test view stays fp32 normalised)."""
     size, resize = int(cfg.image_size), int(cfg.resize)
     if resize < size:
         raise UserError(f"data.resize={resize} must be >= data.image_size={size} (resize first, then crop)")
     pad = int(cfg.crop_padding)
-    geometric: list[Any] = [T.Resize(resize), T.RandomCrop(size, padding=pad or None, padding_mode="reflect")]
+    geometric: list[Any] = [T.Resize(resize), ReflectRandomCrop(size, pad) if pad > 0 else T.RandomCrop(size)]
     if cfg.hflip:
         geometric.append(T.RandomHorizontalFlip())
     strong_aug = _item(cfg, "strong_aug", STRONG_AUGS, "randaugment_mc")
@@ -92,11 +147,13 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float]) -> V
         if float(cfg.cutout) > 0:
             strong_ops.append(Cutout(float(cfg.cutout)))
     tail = [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    train_tail = [T.PILToTensor()] if uint8 else tail
     test = [T.Resize((size, size))] if test_view == "resize" else [T.Resize(resize), T.CenterCrop(size)]
     return ViewTransforms(
-        weak=T.Compose(geometric + tail),
-        strong=T.Compose(geometric + strong_ops + tail),
+        weak=T.Compose(geometric + train_tail),
+        strong=T.Compose(geometric + strong_ops + train_tail),
         test=T.Compose(test + tail),
+        mean=tuple(mean), std=tuple(std), uint8=bool(uint8),
     )
 
 
@@ -119,6 +176,28 @@ def seeded(transform: Callable[[Any], Any], img: Any, seed: int) -> Any:
         np.random.seed(seed & 0xFFFF_FFFF)
         try:
             return transform(img)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _seed_all(seed: int) -> None:
+    torch.random.default_generator.manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFF_FFFF)
+
+
+def seeded_many(transform: Callable[[Any], Any], imgs: Sequence[Any], seeds: Sequence[int]) -> list:
+    """``[seeded(transform, img, seed) for img, seed in zip(imgs, seeds)]``, bit for bit, with the RNGs saved and
+    restored once for the batch (the per-image save/restore cost ~100 us, more than a small image's augmentation)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            out = []
+            for img, seed in zip(imgs, seeds):
+                _seed_all(int(seed))
+                out.append(transform(img))
+            return out
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
