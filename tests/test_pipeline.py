@@ -36,6 +36,8 @@ def test_reflect_crop_equals_torchvision(mode, size, crop, pad):
         b = theirs(img)
         assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b)), k
         assert torch.equal(state, torch.get_rng_state())  # the same draws: the streams after it stay aligned
+        torch.manual_seed(k)
+        assert torch.equal(ReflectRandomCrop(crop, pad, tensor=True)(img), T.PILToTensor()(b))
 
 
 def _cfg(**kw):

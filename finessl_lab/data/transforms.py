@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -73,14 +74,16 @@ class ReflectRandomCrop(T.RandomCrop):
     the crop's rows and columns are gathered by reflected index. Same pixels as torchvision's; other inputs (tensors,
     other modes, padding as wide as the image) go through torchvision's own code."""
 
-    def __init__(self, size, padding: int):
+    def __init__(self, size, padding: int, tensor: bool = False):
         super().__init__(size, padding=int(padding), padding_mode="reflect")
+        self.tensor = bool(tensor)  # True: return the crop as a uint8 [C, H, W] tensor (PILToTensor's), not PIL
 
     def forward(self, img):
         p = self.padding
         if not isinstance(img, Image.Image) or img.mode not in ("RGB", "L") or not isinstance(p, int) \
                 or p >= min(img.size) or self.pad_if_needed:
-            return super().forward(img)
+            out = super().forward(img)
+            return T.functional.pil_to_tensor(out) if self.tensor and isinstance(out, Image.Image) else out
         w, h = img.size
         th, tw = self.size
         hp, wp = h + 2 * p, w + 2 * p
@@ -91,14 +94,32 @@ class ReflectRandomCrop(T.RandomCrop):
         else:  # torchvision's RandomCrop.get_params, draw for draw
             i = torch.randint(0, hp - th + 1, size=(1,)).item()
             j = torch.randint(0, wp - tw + 1, size=(1,)).item()
-        rows, cols = _reflect(np.arange(i - p, i - p + th), h), _reflect(np.arange(j - p, j - p + tw), w)
-        return Image.fromarray(np.asarray(img)[rows[:, None], cols])
+        crop = np.asarray(img)[_reflected(i - p, th, h)][:, _reflected(j - p, tw, w)]
+        if self.tensor:
+            return torch.from_numpy(np.ascontiguousarray(crop.reshape(th, tw, -1).transpose(2, 0, 1)))
+        return Image.fromarray(np.ascontiguousarray(crop))
 
 
-def _reflect(k: np.ndarray, n: int) -> np.ndarray:
-    """Indices ``k`` (within one reflection, -n < k < 2n - 1) reflected into 0..n-1 as numpy's 'reflect' pad."""
-    k = np.abs(k)
-    return np.where(k > n - 1, 2 * (n - 1) - k, k)
+@lru_cache(maxsize=4096)
+def _reflected(start: int, length: int, n: int):
+    """Rows (or columns) start .. start + length - 1 of an image of side n reflect-padded as numpy's 'reflect' pad
+    (within one reflection: -n < index < 2n - 1), as a slice where no reflection is needed, else an index array."""
+    if 0 <= start and start + length <= n:
+        return slice(start, start + length)
+    k = np.abs(np.arange(start, start + length))
+    k = np.where(k > n - 1, 2 * (n - 1) - k, k)
+    k.flags.writeable = False
+    return k
+
+
+class ToUint8:
+    """PIL image -> uint8 [C, H, W] tensor (``PILToTensor``); a tensor passes through as it is."""
+
+    def __call__(self, img):
+        return img if isinstance(img, torch.Tensor) else T.functional.pil_to_tensor(img)
+
+    def __repr__(self) -> str:
+        return "ToUint8()"
 
 
 def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -133,9 +154,11 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint
     if resize < size:
         raise UserError(f"data.resize={resize} must be >= data.image_size={size} (resize first, then crop)")
     pad = int(cfg.crop_padding)
-    geometric: list[Any] = [T.Resize(resize), ReflectRandomCrop(size, pad) if pad > 0 else T.RandomCrop(size)]
-    if cfg.hflip:
-        geometric.append(T.RandomHorizontalFlip())
+    def geometric_part(tensor: bool) -> list[Any]:  # tensor: the crop hands the weak uint8 view on as a tensor
+        out = [T.Resize(resize), ReflectRandomCrop(size, pad, tensor) if pad > 0 else T.RandomCrop(size)]
+        return out + [T.RandomHorizontalFlip()] if cfg.hflip else out  # (flips a tensor as it flips PIL)
+
+    geometric = geometric_part(False)
     strong_aug = _item(cfg, "strong_aug", STRONG_AUGS, "randaugment_mc")
     test_view = _item(cfg, "test_view", TEST_VIEWS, "resize")
     strong_ops: list[Any] = []
@@ -147,10 +170,10 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint
         if float(cfg.cutout) > 0:
             strong_ops.append(Cutout(float(cfg.cutout)))
     tail = [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
-    train_tail = [T.PILToTensor()] if uint8 else tail
+    train_tail = [ToUint8()] if uint8 else tail
     test = [T.Resize((size, size))] if test_view == "resize" else [T.Resize(resize), T.CenterCrop(size)]
     return ViewTransforms(
-        weak=T.Compose(geometric + train_tail),
+        weak=T.Compose(geometric_part(uint8) + train_tail),
         strong=T.Compose(geometric + strong_ops + train_tail),
         test=T.Compose(test + tail),
         mean=tuple(mean), std=tuple(std), uint8=bool(uint8),
