@@ -96,7 +96,7 @@ class ReflectRandomCrop(T.RandomCrop):
             j = torch.randint(0, wp - tw + 1, size=(1,)).item()
         crop = np.asarray(img)[_reflected(i - p, th, h)][:, _reflected(j - p, tw, w)]
         if self.tensor:
-            return torch.from_numpy(np.ascontiguousarray(crop.reshape(th, tw, -1).transpose(2, 0, 1)))
+            return torch.from_numpy(np.array(crop.reshape(th, tw, -1).transpose(2, 0, 1), order="C"))  # a copy
         return Image.fromarray(np.ascontiguousarray(crop))
 
 
