@@ -12,7 +12,12 @@ of each is compared with the bare step:
   pipeline   our DataLoader as training uses it (data.transport=uint8, workers and threads from worker_plan)
   inline     no workers: the batches made in the training process between steps, all cores as threads
   fp32       the pipeline with data.transport=float32 (normalised fp32 views, the pre-fix transport)
+  before     the pipeline as it was before issue 13's data-side fixes: fp32 transport, torchvision's RandomCrop
+             (reflect padding through numpy), the RNGs saved and restored around every image (same views)
   naive      data.num_workers workers AND all cores as intra-op threads (the oversubscribed pre-fix setting)
+
+``--ways`` picks some (default: bare bare-1t pipeline fp32 before; inline and naive run 2 threads next to other
+work, which on a loaded machine mostly measures the load).
 
 It also prints the cost of making one batch in-process (augmentation only, no training). Worker start-up is not
 timed (the first batch of each block is fetched before the clock starts).
@@ -28,16 +33,26 @@ from pathlib import Path
 
 import open_clip
 import torch
+from torchvision import transforms as T
 
 from finessl_lab.data.batches import ImageBatches
 from finessl_lab.data.features import ignore_stop_signals
 from finessl_lab.data.loading import available_cores, worker_plan
-from finessl_lab.data.transforms import build_transforms
+from finessl_lab.data.transforms import ReflectRandomCrop, build_transforms, seeded, view_seed
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Trainer
 
 TINY_VIT = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}}
+
+
+class Before(ImageBatches):
+    """The views as made before issue 13's fixes: ``seeded()`` (RNG save/restore) around every image."""
+
+    def _views(self, transform, idx, stream: int, step: int):
+        s = self.split.seed
+        return torch.stack([seeded(transform, self.images[int(i)], view_seed(s, stream, step, j))
+                            for j, i in enumerate(idx)])
 
 
 def timed_steps(trainer: Trainer, batches, steps: int) -> float:
@@ -56,6 +71,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="data.num_workers (the upper bound)")
     ap.add_argument("--set", nargs="*", default=[])
+    ap.add_argument("--ways", nargs="+", default=["bare", "bare-1t", "pipeline", "fp32", "before"],
+                    choices=["bare", "bare-1t", "pipeline", "inline", "fp32", "before", "naive"])
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="loader_overhead_"))
@@ -79,6 +96,10 @@ def main() -> None:
     def source(transforms=u8):
         return ImageBatches(images, exp.split_view, transforms, 0, n)
 
+    before = build_transforms(cfg.data, exp.transforms.mean, exp.transforms.std)
+    before.weak, before.strong = (T.Compose([T.RandomCrop(t.size, padding=t.padding, padding_mode="reflect")
+                                             if isinstance(t, ReflectRandomCrop) else t for t in c.transforms])
+                                  for c in (before.weak, before.strong))
     ready = [source()[k] for k in range(n)]  # (a map-style dataset of unbounded index: no list())
 
     def loader(workers: int, transforms=u8):
@@ -97,8 +118,13 @@ def main() -> None:
         "inline": lambda: with_threads(cores, lambda: timed_steps(trainer, loader(0), args.steps)),
         "fp32": lambda: with_threads(exp.intra_op_threads or cores,
                                      lambda: timed_steps(trainer, loader(plan.workers, exp.transforms), args.steps)),
+        "before": lambda: with_threads(exp.intra_op_threads or cores, lambda: timed_steps(
+            trainer, torch.utils.data.DataLoader(Before(images, exp.split_view, before, 0, n), batch_size=None,
+                                                 num_workers=plan.workers, worker_init_fn=ignore_stop_signals
+                                                 if plan.workers else None), args.steps)),
         "naive": lambda: with_threads(cores, lambda: timed_steps(trainer, loader(cfg.data.num_workers), args.steps)),
     }
+    ways = {k: ways[k] for k in dict.fromkeys(["bare", "bare-1t"] + args.ways)}
     ms = {k: [] for k in ways}
     make = []
     for _ in range(args.blocks):

@@ -25,7 +25,10 @@ import torch
 
 from finessl_lab.build import Experiment, unlabeled_batch_size
 from finessl_lab.data.batches import FeatureBatches, SplitView
-from finessl_lab.data.sampling import PERMUTATIONS
+try:
+    from finessl_lab.data.sampling import PERMUTATIONS
+except ImportError:  # the code before issue 13's fix (to time it, run this script with PYTHONPATH at that commit)
+    PERMUTATIONS = None
 from finessl_lab.data.splits import Split
 from finessl_lab.models import build_model
 from finessl_lab.presets import resolve
@@ -90,7 +93,7 @@ def main() -> None:
     ap.add_argument("--uncached", action="store_true", help="pre-fix sampler: permute all N positions every step")
     ap.add_argument("--set", nargs="*", default=[])
     args = ap.parse_args()
-    if args.uncached:
+    if args.uncached and PERMUTATIONS is not None:
         PERMUTATIONS.max_entries = 0
     torch.set_num_threads(1)
     cfg = resolve("embedded", sets=["run.progress=false", "run.epochs=1000", "run.steps_per_epoch=100000"] + args.set)
@@ -114,7 +117,7 @@ def main() -> None:
     medd = {n: statistics.median(v) for n, v in draw.items()}
     print(f"algorithm {cfg.algorithm.name}; batch {cfg.optim.batch_size} labeled + "
           f"{unlabeled_batch_size(cfg, True)} unlabeled; dim {args.dim}; {args.views} views; 1 thread; "
-          f"sampler: {'uncached (pre-fix)' if args.uncached else 'cached pass permutations'}")
+          f"sampler: {'cached pass permutations' if PERMUTATIONS is not None and not args.uncached else 'uncached'}")
     print(f"{'unlabeled slots':>16s} {'ms/step':>9s} {'/ ' + str(base):>9s} {'draw ms':>9s}   blocks (ms/step)")
     for n in runs:
         print(f"{n:16d} {med[n]:9.3f} {med[n] / med[base]:9.2f} {medd[n]:9.3f}   "

@@ -50,5 +50,6 @@ def test_permutation_cache_is_bounded_and_keeps_the_big_pass():
         cache.get(10, 0, LABELED, p)
         assert cache.get(1000, 0, UNLABELED, 0) is big  # touched every step: never recomputed
     assert len(cache._perms) <= 4 and cache._elements <= 1500
+    assert [k[3] for k in cache._perms if k[2] == LABELED] == [48, 49]  # a stream keeps its last two passes
     cache.get(1000, 0, UNLABELED, 1)  # the next pass: over the element budget, the least recently used go
     assert cache._elements <= 1500 and (1000, 0, UNLABELED, 1) in cache._perms

@@ -25,9 +25,10 @@ def pass_permutation(n: int, seed: int, stream: int, pass_no: int) -> np.ndarray
 
 class PermutationCache:
     """Recently used pass permutations, stored read-only (int32 where n allows: 5 MB at 1.28M). A step reads its
-    slice in O(batch); a new pass costs one O(n) permutation. Least recently used ones are dropped beyond
-    ``max_entries`` permutations or ``max_elements`` positions in all (so the many short passes of a small labeled
-    set never push out the big unlabeled one). Thread-safe."""
+    slice in O(batch); a new pass costs one O(n) permutation. Each stream (n, seed, stream) keeps its two latest
+    passes, so the many short passes of a small labeled set never push out a big unlabeled one; beyond that the
+    least recently used go when there are more than ``max_entries`` permutations or ``max_elements`` positions in
+    all (128 MB at the default). Thread-safe."""
 
     def __init__(self, max_entries: int = 64, max_elements: int = 1 << 25):
         self.max_entries, self.max_elements, self._lock = int(max_entries), int(max_elements), Lock()
@@ -47,6 +48,9 @@ class PermutationCache:
         perm.flags.writeable = False
         with self._lock:
             if key not in self._perms:
+                same = [k for k in self._perms if k[:3] == key[:3]]  # this stream's passes, oldest first
+                for k in same[:-1]:  # keep its last one (a batch may span two passes) and this one
+                    self._elements -= len(self._perms.pop(k))
                 self._perms[key] = perm
                 self._elements += len(perm)
             while self._perms and (len(self._perms) > self.max_entries or self._elements > self.max_elements):
