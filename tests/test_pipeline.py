@@ -115,3 +115,28 @@ def test_batch_pin_memory_pins_every_tensor(monkeypatch):
         assert q.x.device.type == "cuda" and q.x.dtype == torch.float32
     else:
         assert len(pinned) == 3
+
+
+def test_uint8_transport_trains_exactly_as_fp32(tiny_clip_configs, tmp_path):
+    import open_clip
+
+    from finessl_lab.presets import resolve
+    from finessl_lab.trainer import Trainer
+    from test_image_mode import TINY
+
+    torch.manual_seed(0)
+    name = tiny_clip_configs[0]
+    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), tmp_path / "w.pt")
+    sets = [s for s in TINY if not s.startswith("run.epochs")] + [
+        f"model.backbone={name}", f"model.pretrained={tmp_path / 'w.pt'}", "run.feature_cache=false",
+        "algorithm.name=finessl", "run.epochs=1"]
+    weights = {}
+    for transport in ("uint8", "float32"):
+        trainer = Trainer(resolve("embedded", sets=sets + [f"data.transport={transport}"]), None, progress=False)
+        trainer.fit()
+        weights[transport] = trainer.exp.model.trainable_state_dict()
+        assert any(not torch.equal(v, trainer.exp.initial_state[k]) for k, v in weights[transport].items())
+        batch = next(iter(trainer.exp.batches(0, 1)))
+        assert batch.x.dtype == (torch.uint8 if transport == "uint8" else torch.float32)
+    assert weights["uint8"].keys() == weights["float32"].keys()
+    assert all(torch.equal(weights["uint8"][k], weights["float32"][k]) for k in weights["uint8"])
