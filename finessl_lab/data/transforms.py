@@ -154,6 +154,7 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint
     if resize < size:
         raise UserError(f"data.resize={resize} must be >= data.image_size={size} (resize first, then crop)")
     pad = int(cfg.crop_padding)
+
     def geometric_part(tensor: bool) -> list[Any]:  # tensor: the crop hands the weak uint8 view on as a tensor
         out = [T.Resize(resize), ReflectRandomCrop(size, pad, tensor) if pad > 0 else T.RandomCrop(size)]
         return out + [T.RandomHorizontalFlip()] if cfg.hflip else out  # (flips a tensor as it flips PIL)
