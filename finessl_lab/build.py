@@ -179,8 +179,11 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                         labeled_features=labeled_feats, labeled_targets=y_lab,
                         generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(precision))
 
+    # training views: uint8 from the workers (data.transport), normalised on the device by the trainer
+    train_transforms = build_transforms(cfg.data, mean, std, uint8=cfg.data.transport == "uint8")
+
     def batches(first: int, total: int):
-        ds = ImageBatches(bundle.train.images, view, transforms, first, total,
+        ds = ImageBatches(bundle.train.images, view, train_transforms, first, total,
                           rank=(distributed.rank(), distributed.world_size()))  # torchrun: this rank's slice only
         return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                            pin_memory=device.type == "cuda", persistent_workers=False,

@@ -54,6 +54,9 @@ class DataConfig:
                          help="input normalisation; 'backbone' = the backbone's own, 'cifar' = official FineSSL "
                               "(CIFAR-10/100 statistics); auto = from fidelity (official: cifar for CIFAR, else imagenet)")
     num_workers: int = opt(2, lo=0, hi=64, help="DataLoader worker processes (image mode)")
+    transport: str = opt("uint8", choices=("uint8", "float32"),
+                         help="image mode: training views travel from the workers as uint8 and are normalised on "
+                              "the device (same values), or as normalised float32 (4x the bytes)")
     # fidelity items (README "Fidelity"): 'auto' = filled from the top-level `fidelity`
     strong_aug: str = opt("auto", choices=("auto", "randaugment_mc", "randaugment"),
                           help="strong view: randaugment_mc (official FixMatch RandAugmentMC + 16 px cutout) or "

@@ -33,7 +33,8 @@ from .rundir import CHECKPOINT, CONFIG, METRICS, RUN_FILES, SUMMARY, check_new_r
 
 # config keys that may differ between a run and its resumption (they change no result)
 RESUME_IGNORED = ("run.progress", "run.device", "run.cache_dir", "run.eval_batch_size", "data.root",
-                  "data.download", "data.num_workers", "run.checkpoint_every", "run.nan_policy")
+                  "data.download", "data.num_workers", "run.checkpoint_every", "run.nan_policy",
+                  "data.transport")
 CHECKPOINT_FORMAT = 1
 
 
@@ -416,6 +417,7 @@ class Trainer:
         e, cfg = self.exp, self.cfg
         model = e.model
         batch = batch.to(e.device, non_blocking=True)
+        batch = batch.normalized(getattr(e.transforms, "mean", None), getattr(e.transforms, "std", None))  # uint8 views
         views = [batch.x] + ([batch.u_weak, batch.u_strong1, batch.u_strong2] if batch.u_weak is not None else [])
         sizes = [len(v) for v in views]
         with autocast(e.device, e.precision):

@@ -1,0 +1,142 @@
+"""The fast image pipeline (issue 13) gives the views of the plain one: torchvision's reflect RandomCrop pixel for
+pixel, per-image seeding bit for bit with the RNGs saved once per batch, uint8 transport normalised later equal to
+the fp32 views, pinned batches, and the batches of a resumed run."""
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from finessl_lab.data.batches import Batch, ImageBatches, SplitView
+from finessl_lab.data.transforms import (ReflectRandomCrop, build_transforms, normalize_uint8, seeded, seeded_many,
+                                         view_seed)
+
+MEAN, STD = (0.48, 0.45, 0.40), (0.27, 0.26, 0.28)
+
+
+def _images(n, size=(11, 9), mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode) for _ in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("size, crop, pad", [((11, 9), 9, 4), ((11, 9), (7, 10), 1), ((8, 8), 8, 7), ((5, 5), 5, 6),
+                                             ((6, 6), 6, 0)])
+def test_reflect_crop_equals_torchvision(mode, size, crop, pad):
+    ours, theirs = ReflectRandomCrop(crop, pad), T.RandomCrop(crop, padding=pad or None, padding_mode="reflect")
+    for k, img in enumerate(_images(20, size, mode)):
+        torch.manual_seed(k)
+        a = ours(img)
+        state = torch.get_rng_state()
+        torch.manual_seed(k)
+        b = theirs(img)
+        assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b)), k
+        assert torch.equal(state, torch.get_rng_state())  # the same draws: the streams after it stay aligned
+        torch.manual_seed(k)
+        assert torch.equal(ReflectRandomCrop(crop, pad, tensor=True)(img), T.PILToTensor()(b))
+
+
+def _cfg(**kw):
+    d = dict(image_size=8, resize=10, crop_padding=2, hflip=True, randaugment_ops=2, randaugment_magnitude=10,
+             cutout=0.5, strong_aug="auto", test_view="auto")
+    return SimpleNamespace(**{**d, **kw})
+
+
+def test_seeded_many_is_seeded_per_image_and_leaves_the_rngs_alone():
+    t = build_transforms(_cfg(), MEAN, STD)
+    imgs, seeds = _images(6, (12, 12)), [view_seed(3, 12, 5, j) for j in range(6)]
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    many = seeded_many(t.strong, imgs, seeds)
+    assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
+    assert np.array_equal(before[2], np.random.get_state()[1])
+    for got, img, s in zip(many, imgs, seeds, strict=True):
+        assert torch.equal(got, seeded(t.strong, img, s))
+
+    def uses_all_rngs(img):  # a user transform drawing from Python's and NumPy's RNGs too
+        return (torch.rand(()).item(), random.random(), np.random.rand())
+    assert seeded_many(uses_all_rngs, imgs[:2], seeds[:2]) == [seeded(uses_all_rngs, i, s) for i, s in zip(imgs, seeds[:2])]
+
+
+@pytest.mark.parametrize("strong_aug", ["randaugment_mc", "randaugment"])
+def test_uint8_transport_normalised_equals_fp32_views(strong_aug):
+    cfg = _cfg(strong_aug=strong_aug)
+    f32, u8 = build_transforms(cfg, MEAN, STD), build_transforms(cfg, MEAN, STD, uint8=True)
+    assert u8.uint8 and not f32.uint8 and (u8.mean, u8.std) == (MEAN, STD)
+    for k, img in enumerate(_images(10, (12, 12))):
+        for a, b in ((f32.weak, u8.weak), (f32.strong, u8.strong)):
+            x8 = seeded(b, img, k)
+            assert x8.dtype == torch.uint8
+            x = normalize_uint8(x8, MEAN, STD)
+            ref = seeded(a, img, k)
+            assert (x - ref).abs().max() <= 1e-6 and torch.equal(x, ref)  # the same float ops: identical on CPU
+
+
+def _view(seed=0, n=30):
+    targets = np.arange(n) % 3
+    return SplitView(labeled=np.arange(6), unlabeled=np.arange(n), targets=targets, ood=np.zeros(n, dtype=bool),
+                     batch_size=4, unlabeled_batch=8, seed=seed)
+
+
+def test_uint8_batches_equal_fp32_batches_and_resume_mid_run():
+    imgs, cfg = _images(30, (12, 12)), _cfg()
+    f32 = ImageBatches(imgs, _view(), build_transforms(cfg, MEAN, STD), 0, 6)
+    u8 = ImageBatches(imgs, _view(), build_transforms(cfg, MEAN, STD, uint8=True), 0, 6)
+    resumed = ImageBatches(imgs, _view(), build_transforms(cfg, MEAN, STD, uint8=True), 3, 6)  # resumed at step 3
+    for step in range(6):
+        a, b = f32[step], u8[step]
+        assert b.x.dtype == torch.uint8 and b.u_strong2.dtype == torch.uint8
+        assert a.normalized(None, None) is a  # float views need no normalisation
+        n = b.normalized(MEAN, STD)
+        for name in ("x", "y", "u_weak", "u_strong1", "u_strong2", "u_index", "u_true", "u_ood"):
+            assert torch.equal(getattr(a, name), getattr(n, name)), (step, name)
+        if step >= 3:
+            c = resumed[step - 3]
+            assert all(torch.equal(getattr(b, k), getattr(c, k)) for k in ("x", "u_weak", "u_strong1", "u_index"))
+    with pytest.raises(ValueError, match="mean and std"):
+        u8[0].normalized(None, None)
+
+
+def test_batch_pin_memory_pins_every_tensor(monkeypatch):
+    b = Batch(x=torch.zeros(2, 3, dtype=torch.uint8), y=torch.ones(2, dtype=torch.long), u_index=torch.arange(2))
+    if not torch.cuda.is_available():  # no pinnable memory here: check that every tensor goes through pin_memory
+        pinned = []
+        monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self) or self.clone())
+    p = b.pin_memory()
+    assert isinstance(p, Batch) and p.u_weak is None
+    assert torch.equal(p.x, b.x) and torch.equal(p.y, b.y) and torch.equal(p.u_index, b.u_index)
+    if torch.cuda.is_available():
+        assert p.x.is_pinned() and p.y.is_pinned()
+        q = p.to("cuda", non_blocking=True).normalized(MEAN, STD)
+        assert q.x.device.type == "cuda" and q.x.dtype == torch.float32
+    else:
+        assert len(pinned) == 3
+
+
+def test_uint8_transport_trains_exactly_as_fp32(tiny_clip_configs, tmp_path):
+    import open_clip
+
+    from finessl_lab.presets import resolve
+    from finessl_lab.trainer import Trainer
+    from test_image_mode import TINY
+
+    torch.manual_seed(0)
+    name = tiny_clip_configs[0]
+    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), tmp_path / "w.pt")
+    sets = [s for s in TINY if not s.startswith("run.epochs")] + [
+        f"model.backbone={name}", f"model.pretrained={tmp_path / 'w.pt'}", "run.feature_cache=false",
+        "algorithm.name=finessl", "run.epochs=1"]
+    weights = {}
+    for transport in ("uint8", "float32"):
+        trainer = Trainer(resolve("embedded", sets=sets + [f"data.transport={transport}"]), None, progress=False)
+        trainer.fit()
+        weights[transport] = trainer.exp.model.trainable_state_dict()
+        assert any(not torch.equal(v, trainer.exp.initial_state[k]) for k, v in weights[transport].items())
+        batch = next(iter(trainer.exp.batches(0, 1)))
+        assert batch.x.dtype == (torch.uint8 if transport == "uint8" else torch.float32)
+    assert weights["uint8"].keys() == weights["float32"].keys()
+    assert all(torch.equal(weights["uint8"][k], weights["float32"][k]) for k in weights["uint8"])
