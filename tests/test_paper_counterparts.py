@@ -75,7 +75,7 @@ def test_table9_grid_average_and_its_claims(tmp_path, monkeypatch):
     class Stored:
         def __init__(self, spec):
             base = values[spec.method]
-            bump = 6.0 if (spec.setting, spec.method) == ("lt_rho20_reversed", "fixmatch") else 0.0
+            bump = 6.0 if (spec.setting, spec.method) == ("lt_rho10_reversed", "fixmatch") else 0.0
             self.metrics, self.path = metrics([v + bump for v in base]), Path(f"{spec.setting}-{spec.method}")
 
     monkeypatch.setattr(paper, "fetch", lambda p, specs, desc: [(s, Stored(s)) for s in specs])
@@ -85,5 +85,5 @@ def test_table9_grid_average_and_its_claims(tmp_path, monkeypatch):
     assert avg["fixmatch", "top1"] == pytest.approx(81.0) and avg["finessl", "top1_tail"] == pytest.approx(70.0)
     verdict = claims.evaluate(claims.paper_claims(), m, claims.paper_results()).set_index("claim_id")["verdict"]
     assert verdict["table9_grid_rho10_uniform"] == claims.HOLDS and verdict["table9_grid_avg"] == claims.HOLDS
-    assert verdict["table9_grid_rho20_reversed"] == claims.FAILS        # 82 vs 86 in that cell
+    assert verdict["table9_grid_rho10_reversed"] == claims.FAILS        # 82 vs 86 in that cell
     assert verdict["table9_grid_avg_tail"] == claims.HOLDS              # 70 vs 61
