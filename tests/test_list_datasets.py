@@ -147,3 +147,31 @@ def test_fashion5k_is_a_fixed_seeded_subset_shaped_like_mnist5k():
     assert not (tr == np.sort(np.concatenate([np.flatnonzero(train_t == c)[:400] for c in range(10)]))).all()
     with pytest.raises(UserError, match="fashion5k needs 400 images of class 0"):
         fashion5k_indices(np.repeat(np.arange(10), 10), test_t)
+
+
+def test_semi_aves_challenge_json_layout_of_the_official_code(tmp_path):
+    """root/annotation/anno_{l_train,u_train_in,u_train_out,test}.json + solution.csv (what the authors' code reads)."""
+    import json
+
+    root = tmp_path / "Semi-Aves"
+    ann = root / "annotation"
+    ann.mkdir(parents=True)
+
+    def write(name, files, labels):
+        images = [{"id": i + 10, "file_name": f} for i, f in enumerate(files)]
+        annos = [{"id": i, "image_id": i + 10, "category_id": y} for i, y in enumerate(labels)] if labels else []
+        (ann / f"anno_{name}.json").write_text(json.dumps({"images": images, "annotations": annos}))
+        for j, f in enumerate(files):
+            _img(root / f, j)
+
+    write("l_train", ["trainval_images/a.jpg", "trainval_images/b.jpg"], [0, 1])
+    write("u_train_in", ["u_train_in/0.jpg", "u_train_in/1.jpg", "u_train_in/2.jpg"], [-1, -1, -1])
+    write("u_train_out", ["u_train_out/0.jpg"], [-1])
+    write("test", ["test/0.jpg", "test/1.jpg"], None)
+    (ann / "solution.csv").write_text("Id,Category\n11,0\n10,1\n")
+    (ann / "semi_aves_class_names.txt").write_text("0 Anas_platyrhynchos\n1 Pica_pica\n")
+    b = load_dataset(DataConfig(dataset="semi_aves", root=str(root), label_list="l_train", unlabeled_out=True), tmp_path)
+    assert b.classes == ["Anas platyrhynchos", "Pica pica"] and b.test.targets.tolist() == [1, 0]
+    assert b.train.targets.tolist() == [0, 1, -1, -1, -1, -1] and b.split.ood.tolist() == [False] * 5 + [True]
+    with pytest.raises(UserError, match=r"anno_val.json missing in .*annotation"):
+        load_dataset(DataConfig(dataset="semi_aves", root=str(root)), tmp_path)  # l_train_val needs anno_val.json

@@ -449,16 +449,59 @@ def read_image_list(path: Path) -> list[tuple[str, int]]:
 
 
 def _semi_aves_dir(root: Path) -> Path | None:
-    """The directory holding the Semi-Aves list files: root, or root/semi_aves (USB's layout), or None."""
+    """The directory holding the Semi-Aves list files: root, or root/semi_aves (USB's layout), or root/annotation
+    (the challenge's COCO-style JSON, read by the official FineSSL code), or None."""
     for d in (root, root / "semi_aves"):
         if (d / "u_train_in.txt").is_file():
             return d
+    if (root / "annotation" / "anno_u_train_in.json").is_file():
+        return root / "annotation"
     return None
+
+
+def read_coco_list(path: Path, labels_csv: Path | None = None) -> list[tuple[str, int]]:
+    """(file_name, category_id) of a Semi-Aves challenge JSON (``images`` + ``annotations`` by ``image_id``; -1 for
+    unlabeled images). The test JSON has no annotations: its labels come from ``solution.csv`` (``Id,Category``)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        by_image = {a["image_id"]: int(a["category_id"]) for a in data.get("annotations", [])}
+        if labels_csv is not None:
+            rows = [ln.split(",") for ln in labels_csv.read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
+            by_image = {int(r[0]): int(r[1]) for r in rows}
+        items = [(im["file_name"], by_image[im["id"]]) for im in data["images"]]
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"{path} is not a Semi-Aves annotation file ({type(e).__name__}: {e}); expected COCO-style "
+                        "'images' and 'annotations' (test labels in solution.csv: Id,Category)") from None
+    if not items:
+        raise UserError(f"{path} lists no images")
+    return items
+
+
+def _read_semi_aves(lists: Path, name: str) -> list[tuple[str, int]]:
+    """A Semi-Aves split by name (l_train, l_train_val, u_train_in, u_train_out, test) from lists or JSON."""
+    if lists.name != "annotation":
+        return read_image_list(lists / f"{name}.txt")
+    if name == "l_train_val":
+        return _read_semi_aves(lists, "l_train") + read_coco_list(lists / "anno_val.json")
+    if name == "test":
+        return read_coco_list(lists / "anno_test.json", next((p for p in (lists / "solution.csv",
+                                                               lists.parent / "solution.csv") if p.is_file()), None))
+    return read_coco_list(lists / f"anno_{name}.json")
+
+
+def _semi_aves_files(lists: Path, name: str) -> list[Path]:
+    if lists.name != "annotation":
+        return [lists / f"{name}.txt"]
+    if name == "test":
+        return [lists / "anno_test.json"]
+    return [lists / f"anno_{n}.json" for n in (("l_train", "val") if name == "l_train_val" else (name,))]
 
 
 def _list_paths(root: Path, lists: Path, name: str, items: list[tuple[str, int]]) -> list[Path]:
     """Image paths of a list: relative to data.root (USB, ssl-evaluation), or to the list's own directory."""
-    for base in (root, lists):
+    for base in (root, lists, lists.parent):
         if (base / items[0][0]).is_file():
             return [base / rel for rel, _ in items]
     raise UserError(f"{name}.txt names {items[0][0]!r}, found neither under {root} nor under {lists}; "
@@ -467,7 +510,7 @@ def _list_paths(root: Path, lists: Path, name: str, items: list[tuple[str, int]]
 
 def _species_names(lists: Path, root: Path, k: int) -> list[str]:
     for d in (lists, root, root.parent):
-        for fname in ("semi_aves_species_names.txt", "classnames.txt"):
+        for fname in ("semi_aves_species_names.txt", "semi_aves_class_names.txt", "classnames.txt"):
             f = d / fname
             if f.is_file():
                 rows = [ln.split(maxsplit=1) for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -492,11 +535,10 @@ def load_semi_aves_lists(cfg: Any, root: Path, lists: Path) -> DatasetBundle:
         raise UserError(f"data.label_list={lab_name!r} is not valid for semi_aves; valid: "
                         f"{', '.join(SEMI_AVES_LABELED_LISTS)}")
     names = [lab_name, "u_train_in", "test"] + (["u_train_out"] if getattr(cfg, "unlabeled_out", False) else [])
-    missing = [n for n in names if not (lists / f"{n}.txt").is_file()]
+    missing = [f.name for n in names for f in _semi_aves_files(lists, n) if not f.is_file()]
     if missing:
-        raise UserError(f"semi_aves list file(s) {', '.join(m + '.txt' for m in missing)} missing in {lists}; "
-                        f"{SEMI_AVES_SOURCE}")
-    items = {n: read_image_list(lists / f"{n}.txt") for n in names}
+        raise UserError(f"semi_aves list file(s) {', '.join(missing)} missing in {lists}; {SEMI_AVES_SOURCE}")
+    items = {n: _read_semi_aves(lists, n) for n in names}
     paths = {n: _list_paths(root, lists, n, items[n]) for n in names}
     y = {n: np.asarray([label for _, label in items[n]], dtype=np.int64) for n in names}
     k = int(max(y[lab_name].max(), y["test"].max())) + 1
