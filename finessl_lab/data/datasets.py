@@ -56,8 +56,8 @@ SOURCES = {
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar.html",
     "food101": "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/",
 }
-SEMI_AVES_SOURCE = ("get the Semi-Aves images from https://github.com/cvl-umass/semi-inat-2020 (trainval_images/, "
-                    "u_train_in/, u_train_out/, test/) and the list files l_train_val.txt, l_train.txt, u_train_in.txt, "
+SEMI_AVES_SOURCE = ("get Semi-Aves from https://github.com/cvl-umass/semi-inat-2020 (images: trainval_images/, "
+                    "u_train_in/, u_train_out/, test/) with the list files l_train_val.txt, l_train.txt, u_train_in.txt, "
                     "u_train_out.txt, test.txt from https://github.com/cvl-umass/ssl-evaluation/tree/main/data/semi_aves "
                     "into one directory (data.root, or its semi_aves/ sub-folder)")
 IMAGENET_SUBSET_SOURCE = ("get 1percent.txt / 10percent.txt from "
