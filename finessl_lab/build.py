@@ -121,8 +121,10 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     precision = resolve_precision(cfg.run.precision, device)
     root = cache_dir(cfg.run.cache_dir)
     bundle = load_dataset(cfg.data, root)
-    check_labels_fit(cfg, bundle)
-    split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed, root, bundle.key)
+    if bundle.split is None:  # a list-defined split (Semi-Aves, ImageNet 1%/10%) does not use labels_per_class
+        check_labels_fit(cfg, bundle)
+    split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed, root, bundle.key,
+                               given=bundle.split)
     n_out = model_classes(cfg.data, bundle.num_classes)  # the seen classes only in the open-set setting
     tests = eval_subsets(cfg.data, bundle.test.targets, bundle.num_classes)
     targets = np.asarray(bundle.train.targets)

@@ -29,7 +29,8 @@ from .algorithms.baseline_options import (DebiasPLOptions, FlexMatchOptions, FPL
 from .errors import UserError, short_repr, suggest
 from .options import describe_range, in_range, opt
 
-DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves", "fashion_mnist")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves", "fashion_mnist",
+            "fashion5k")
 PEFTS = ("vpt_deep", "vpt_shallow", "vpt_last", "lora", "adapter", "adaptformer", "bn", "bitfit", "ssf", "last_k",
          "full", "linear")
 
@@ -77,6 +78,12 @@ class DataConfig:
                                       help="longtail: unlabeled class distribution relative to the labeled one")
     unlabeled_per_class: int = opt(0, lo=0, help="longtail: M_1, unlabeled images of the largest class (0 = as many as fit)")
     seen_classes: int = opt(0, lo=0, help="openset: the first K classes are seen (labeled); the rest are unlabeled OOD")
+    # list-defined splits (data/datasets.py): Semi-Aves list files, ImageNet 1% / 10% subset lists
+    label_list: str = opt("", help="semi_aves: labeled list l_train_val ('' = it, USB) or l_train (official FineSSL); "
+                                   "imagenet: SimCLR subset list 1percent.txt / 10percent.txt (a path or a name under "
+                                   "root or root/imagenet_subsets); '' = none")
+    unlabeled_out: bool = opt(False, help="semi_aves: add the out-of-class u_train_out images to the unlabeled set, "
+                                          "flagged OOD (Table 2 'in + out')")
 
 
 @dataclass

@@ -41,10 +41,16 @@ EMBEDDED_SETTINGS = {"n1": 1, "n2": 2, "n4": 4, "n8": 8, "n16": 16}
 #: the paper preset used for each setting under the paper profile
 PAPER_SETTINGS = {"n1": "cifar10_n1", "n2": "cifar10_n2", "n4": "cifar100_n4", "n25": "cifar100_n25",
                   "n100": "cifar100_n100", "lt_rho10": "table9_cifar100_lt_rho10_consistent",
-                  "openset": "fig4_cifar100_openset_n5"}
+                  "openset": "fig4_cifar100_openset_n5",
+                  # Fig. 6 (pseudo-label bias on other datasets; N4 assumed) and the Table 9 grid
+                  "cifar10_n4": "cifar10_n4", "food101_n4": "food101_n4",
+                  **{f"lt_rho{r}_{d}": f"table9_cifar100_lt_rho{r}_{d}" for r in (10, 20)
+                     for d in ("consistent", "uniform", "reversed")}}
 #: embedded settings that are a preset of their own (long-tailed Table 9, open-set Fig. 4), not a label count
 EMBEDDED_PRESET_SETTINGS = {"lt_rho10": "embedded_lt_rho10", "openset": "embedded_openset",
-                            "fashion": "embedded_fashion_n4"}
+                            "fashion": "embedded_fashion_n4", "fashion5k": "embedded_fashion5k_n4",
+                            **{f"lt_rho{r}_{d}": f"embedded_lt_rho{r}_{d}" for r in (10, 20)
+                               for d in ("consistent", "uniform", "reversed")}}
 #: Table 6: the ablations, each a set of algorithm.finessl flags (all exist in FineSSLOptions)
 ABLATIONS = {
     "finessl": {},
@@ -480,13 +486,44 @@ def fig4_openset(p: Params, setting: str = "openset"):
     return pd.concat(samples, ignore_index=True), measures_frame(rows)
 
 
+# -- Fig. 6 -------------------------------------------------------------------------------------------------
+
+#: the "other datasets" of Fig. 6 per profile (paper: CIFAR-10 and FOOD-101, N4 assumed; embedded: Fashion-MNIST 5k)
+FIG6_SETTINGS = {"embedded": ("fashion5k",), "paper": ("cifar10_n4", "food101_n4")}
+
+
+def fig6_bias_other_datasets(p: Params, settings=None, algorithms=("fixmatch", "finessl")):
+    """Fig. 6: the pseudo-label distribution of FixMatch and FineSSL on datasets other than Fig. 2's (embedded:
+    ``fashion5k``, a seeded 5,000-image Fashion-MNIST subset shaped like MNIST-5k, N4). Returns (distribution:
+    setting, method, seed, class, count, rank; measures: ``pl_entropy_final`` per setting, method and seed)."""
+    settings = list(FIG6_SETTINGS[p.profile] if settings is None else settings)
+    if not settings:
+        raise UserError("parameter settings=[] is empty; valid: a list of settings, e.g. "
+                        f"{list(FIG6_SETTINGS[p.profile])}")
+    dists, measures = [], []
+    for s in settings:
+        d, m = pseudo_label_distribution(p, s, algorithms, "fig6")
+        dists.append(d)
+        measures.append(m)
+    return pd.concat(dists, ignore_index=True), pd.concat(measures, ignore_index=True)
+
+
 # -- Table 9 ------------------------------------------------------------------------------------------------
 
-def table9_long_tailed(p: Params, setting: str = "lt_rho10", algorithms=("fixmatch", "finessl")):
+#: the Table 9 grid: labeled rho x unlabeled distribution (consistent / uniform / reversed), both profiles
+TABLE9_GRID = tuple(f"lt_rho{r}_{d}" for r in (10, 20) for d in ("consistent", "uniform", "reversed"))
+
+
+def table9_long_tailed(p: Params, setting: str = "lt_rho10", algorithms=("fixmatch", "finessl"), grid=(),
+                       grid_algorithms=("fixmatch", "finessl")):
     """Long-tailed SSL: test top-1 overall and per class group (head / medium / tail: thirds of the classes, class
-    0 the largest) at the end of training. Returns (one row per method x seed x group, measures: metric ``top1``
-    overall and ``top1_<group>``)."""
+    0 the largest) at the end of training, for ``algorithms`` at ``setting`` and for ``grid_algorithms`` at each
+    setting of ``grid`` (e.g. :data:`TABLE9_GRID`: rho 10 / 20 x unlabeled consistent / uniform / reversed; the
+    labeled and unlabeled imbalance are set separately, the official IMB_L / IMB_U). Returns (one row per setting x
+    method x seed x group, measures: metric ``top1`` overall and ``top1_<group>``; with a grid also setting
+    ``lt_grid_avg``: per method and seed, the mean over the grid's settings)."""
     specs = [RunSpec(setting, a, seed, config(p, setting, a, seed)) for a in algorithms for seed in p.seeds]
+    specs += [RunSpec(g, a, seed, config(p, g, a, seed)) for g in grid for a in grid_algorithms for seed in p.seeds]
     rows, measures = [], []
     for spec, stored in fetch(p, specs, "table 9 runs"):
         last = stored.metrics.iloc[-1]
@@ -496,12 +533,19 @@ def table9_long_tailed(p: Params, setting: str = "lt_rho10", algorithms=("fixmat
                 raise UserError(f"run {stored.path.name!r} has no {col} in metrics.csv; valid: a run with "
                                 "data.setting=longtail")
             value = round(float(last[col]), 2)
-            rows.append({"setting": setting, "method": spec.method, "seed": spec.seed, "group": group,
+            rows.append({"setting": spec.setting, "method": spec.method, "seed": spec.seed, "group": group,
                          "test_top1": value, "run": stored.path.name})
-            measures.append({"figure_table": "table9", "setting": setting, "method": spec.method,
+            measures.append({"figure_table": "table9", "setting": spec.setting, "method": spec.method,
                              "metric": "top1" if group == "overall" else f"top1_{group}", "seed": spec.seed,
                              "value": value})
-    return pd.DataFrame(rows), measures_frame(measures)
+    frame = pd.DataFrame(rows)
+    if len(grid):
+        g = frame[frame["setting"].isin(list(grid))]
+        avg = g.groupby(["method", "seed", "group"])["test_top1"].mean().reset_index()
+        measures += [{"figure_table": "table9", "setting": "lt_grid_avg", "method": r.method,
+                      "metric": "top1" if r.group == "overall" else f"top1_{r.group}", "seed": int(r.seed),
+                      "value": round(float(r.test_top1), 2)} for r in avg.itertuples()]
+    return frame, measures_frame(measures)
 
 
 # -- Table 12 / baselines -----------------------------------------------------------------------------------

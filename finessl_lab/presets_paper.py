@@ -37,13 +37,28 @@ def paper_presets(paper: Callable[..., dict], embedded: dict) -> dict[str, dict]
     out: dict[str, dict] = {}
     c100 = paper("cifar100", 4)
 
-    # Table 2: Semi-Aves (200 classes, imbalanced; ImageFolder layout under data.root, see data/datasets.py)
-    _add(out, "table2_semi_aves_in", _merge(paper("semi_aves", 1), {"data": {"labels_per_class": 1}}),
-         "Table 2: Semi-Aves, in-class unlabeled data (ImageFolder layout train/ test/ under data.root)")
-    # Table 3: ImageNet 1% / 10% labels (~13 / ~128 per class); official semi-ImageNet config: batch 16, mu 2
+    # Table 2: Semi-Aves (200 classes, imbalanced): the FGVC7 list files under data.root (data/datasets.py);
+    # labeled = l_train (official FineSSL: anno_l_train.json; USB uses l_train_val), unlabeled = u_train_in
+    # (+ u_train_out, flagged OOD). The labeled set comes from the list, so labels_per_class does not apply.
+    _add(out, "table2_semi_aves_in", _merge(paper("semi_aves", 1), {"data": {"label_list": "l_train"}}),
+         "Table 2: Semi-Aves, labeled l_train, in-class unlabeled u_train_in (FGVC7 list files under data.root)")
+    for unl, extra, line in (("in", {}, "in-class unlabeled u_train_in"),
+                             ("in_out", {"unlabeled_out": True}, "unlabeled u_train_in + u_train_out (OOD-flagged)")):
+        for algo in ("fixmatch", "debiaspl", "finessl"):
+            _add(out, f"table2_semi_aves_{unl}_{algo}",
+                 _merge(paper("semi_aves", 1), {"data": {"label_list": "l_train", **extra}, "algorithm": {"name": algo}}),
+                 f"Table 2: Semi-Aves, {algo}, labeled l_train, {line}")
+    # Table 3: ImageNet 1% / 10% labels (SimCLR subset lists); official semi-ImageNet config: batch 16, mu 2
     for pct, n in (("1pct", 13), ("10pct", 128)):
         _add(out, f"table3_imagenet_{pct}", _merge(paper("imagenet", n), {"optim": {"batch_size": 16, "mu": 2}}),
              f"Table 3: ImageNet-1k, {pct.replace('pct', '%')} labels ({n} per class), batch 16, mu 2 (official config)")
+        subset = f"{pct.replace('pct', 'percent')}.txt"
+        for algo in ("fixmatch", "flexmatch", "freematch", "softmatch", "debiaspl", "finessl"):
+            _add(out, f"table3_imagenet_{pct}_{algo}",
+                 _merge(paper("imagenet", n), {"data": {"label_list": subset}, "optim": {"batch_size": 16, "mu": 2},
+                                               "algorithm": {"name": algo}}),
+                 f"Table 3: ImageNet-1k, {algo}, labeled = SimCLR's {subset} (under data.root or "
+                 "data.root/imagenet_subsets), batch 16, mu 2 (official config)")
     # Table 4: PEFT variants on CIFAR-100 N4 (ViT-B/16 CLIP)
     for peft, extra, line in (("vpt_deep", {}, "VPT-deep, 50 tokens"), ("lora", {"lora_rank": 16}, "LoRA on q, v, rank 16"),
                               ("adapter", {"adapter_dim": 8}, "Adapter, bottleneck 8"),
@@ -103,10 +118,20 @@ def paper_presets(paper: Callable[..., dict], embedded: dict) -> dict[str, dict]
         "setting": "longtail", "labels_per_class": 25, "imbalance_labeled": 10.0, "imbalance_unlabeled": 10.0,
         "unlabeled_per_class": 300, "include_labeled_in_unlabeled": False}}),
         "offline Table 9: long-tailed MNIST-5k, rho=10 labeled (N_1=25) and unlabeled (M_1=300); head 0-3 / medium 4-6 / tail 7-9")
+    for rho in (10, 20):  # offline Table 9 grid: labeled rho (N_1=25) x unlabeled distribution (M_1=300)
+        for dist in ("consistent", "uniform", "reversed"):
+            _add(out, f"embedded_lt_rho{rho}_{dist}", _merge(embedded, {"data": {
+                "setting": "longtail", "labels_per_class": 25, "imbalance_labeled": float(rho),
+                "imbalance_unlabeled": float(rho), "unlabeled_distribution": dist, "unlabeled_per_class": 300,
+                "include_labeled_in_unlabeled": False}}),
+                f"offline Table 9: long-tailed MNIST-5k, labeled rho={rho} (N_1=25), unlabeled {dist} (M_1=300)")
     _add(out, "embedded_openset", _merge(embedded, {"data": {"setting": "openset", "seen_classes": 5}}),
          "offline Fig. 4: open-set MNIST-5k, digits 0-4 seen (N4), 5-9 unlabeled OOD; seen-digit accuracy")
     _add(out, "embedded_fashion_n4", _merge(embedded, {"data": {"dataset": "fashion_mnist", "subsample_per_class": 500}}),
          "offline: Fashion-MNIST (Debian dataset-fashion-mnist), first 500 train images per class, N4, full 10k test set")
+    _add(out, "embedded_fashion5k_n4", _merge(embedded, {"data": {"dataset": "fashion5k"}}),
+         "offline Fig. 6: Fashion-MNIST 5k (Debian dataset-fashion-mnist; seeded 400 train + 100 test per class, "
+         "shaped like MNIST-5k), N4")
     _add(out, "fig1_embedded_scratch_cnn", _merge(embedded, {
         "model": {"backbone": "scratch_cnn", "pretrained": "none", "peft": "full", "head_init": "random"},
         "run": {"feature_cache": False}, "data": {"num_workers": 0}}),

@@ -390,7 +390,7 @@ def test_switch_fills_only_auto_items_and_records_them():
     assert diff(again, cfg) == [] and "fidelity: clean" in r.to_yaml()
     assert diff(again, resolve("embedded", sets=["fidelity=official", "data.split_order=first"])) != []
     for name, p in PRESETS.items():  # paper presets reproduce the official code; offline counterparts are clean
-        offline = resolve(name).data.dataset in ("mnist5k", "fashion_mnist")
+        offline = resolve(name).data.dataset in ("mnist5k", "fashion_mnist", "fashion5k")
         assert resolve(name).fidelity == ("clean" if offline else "official"), name
 
 

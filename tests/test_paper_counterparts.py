@@ -48,3 +48,42 @@ def test_best_baseline_is_the_per_seed_maximum(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"best_of \['grip'\] are not among algorithms"):
         paper.compare_algorithms(p, "n4", ("fixmatch", "finessl"), best_of=("grip",))
 
+
+
+def test_fig6_and_table9_grid_settings_resolve(tmp_path):
+    p = _p(tmp_path)
+    assert paper.config(p, "fashion5k").data.dataset == "fashion5k"
+    for name in paper.TABLE9_GRID:
+        rho, dist = name.split("_")[1], name.split("_")[2]
+        d = paper.config(p, name).data
+        assert (d.setting, d.imbalance_labeled, d.unlabeled_distribution) == ("longtail", float(rho[3:]), dist)
+        assert (d.labels_per_class, d.unlabeled_per_class, d.dataset) == (25, 300, "mnist5k")
+    gpu = _p(tmp_path, profile="paper")
+    d = paper.config(gpu, "lt_rho20_uniform").data
+    assert (d.dataset, d.imbalance_labeled, d.unlabeled_distribution) == ("cifar100", 20.0, "uniform")
+    assert paper.config(gpu, "food101_n4").data.dataset == "food101"
+
+
+def test_table9_grid_average_and_its_claims(tmp_path, monkeypatch):
+    import pandas as pd
+
+    def metrics(top1):  # overall, head, medium, tail
+        return pd.DataFrame([dict(zip(("test_top1", "test_head_top1", "test_medium_top1", "test_tail_top1"), top1))])
+
+    values = {"fixmatch": (80.0, 90.0, 80.0, 60.0), "finessl": (82.0, 88.0, 82.0, 70.0)}
+
+    class Stored:
+        def __init__(self, spec):
+            base = values[spec.method]
+            bump = 6.0 if (spec.setting, spec.method) == ("lt_rho10_reversed", "fixmatch") else 0.0
+            self.metrics, self.path = metrics([v + bump for v in base]), Path(f"{spec.setting}-{spec.method}")
+
+    monkeypatch.setattr(paper, "fetch", lambda p, specs, desc: [(s, Stored(s)) for s in specs])
+    frame, m = paper.table9_long_tailed(_p(tmp_path), algorithms=("fixmatch", "finessl"), grid=paper.TABLE9_GRID)
+    assert len(frame) == (1 + 6) * 2 * 4 and set(frame["group"]) == {"overall", "head", "medium", "tail"}
+    avg = m[m.setting == "lt_grid_avg"].set_index(["method", "metric"])["value"]
+    assert avg["fixmatch", "top1"] == pytest.approx(81.0) and avg["finessl", "top1_tail"] == pytest.approx(70.0)
+    verdict = claims.evaluate(claims.paper_claims(), m, claims.paper_results()).set_index("claim_id")["verdict"]
+    assert verdict["table9_grid_rho10_uniform"] == claims.HOLDS and verdict["table9_grid_avg"] == claims.HOLDS
+    assert verdict["table9_grid_rho10_reversed"] == claims.FAILS        # 82 vs 86 in that cell
+    assert verdict["table9_grid_avg_tail"] == claims.HOLDS              # 70 vs 61

@@ -11,6 +11,11 @@
 * ``imagefolder`` / ``imagenet`` / ``semi_aves`` -- ``root/train/<class>/*.jpg`` and ``root/test/<class>/*``
   (``root/val/`` is accepted when ``root/test/`` is absent). An optional ``root/classnames.txt`` gives one
   human-readable name per line, in sorted folder order.
+* ``semi_aves`` with its list files (Semi-Aves, FGVC7; ``l_train_val.txt`` / ``l_train.txt``, ``u_train_in.txt``,
+  ``u_train_out.txt``, ``test.txt`` of ``path label`` lines in root or root/semi_aves): the split is the lists'
+  (in-class unlabeled, plus the out-of-class images flagged OOD with ``data.unlabeled_out``).
+* ``imagenet`` with ``data.label_list`` (SimCLR's ``1percent.txt`` / ``10percent.txt``): labeled = the listed files.
+* ``fashion5k`` -- 5,000 Fashion-MNIST images shaped like MNIST-5k (400 / 100 per class, fixed seeded draw).
 
 Images are loaded on access and always returned as RGB ``PIL.Image``. ``cfg.subsample_per_class = K > 0`` keeps
 the first K training images of each class, in index order.
@@ -29,7 +34,8 @@ from PIL import Image
 
 from ..errors import UserError, check_choice
 
-DATASET_NAMES = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves", "fashion_mnist")
+DATASET_NAMES = ("mnist5k", "cifar10", "cifar100", "food101", "imagefolder", "imagenet", "semi_aves", "fashion_mnist",
+                 "fashion5k")
 FOLDER_DATASETS = ("imagefolder", "imagenet", "semi_aves")
 
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -50,6 +56,12 @@ SOURCES = {
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar.html",
     "food101": "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/",
 }
+SEMI_AVES_SOURCE = ("get Semi-Aves from https://github.com/cvl-umass/semi-inat-2020 (images: trainval_images/, "
+                    "u_train_in/, u_train_out/, test/) with the list files l_train_val.txt, l_train.txt, u_train_in.txt, "
+                    "u_train_out.txt, test.txt from https://github.com/cvl-umass/ssl-evaluation/tree/main/data/semi_aves "
+                    "into one directory (data.root, or its semi_aves/ sub-folder)")
+IMAGENET_SUBSET_SOURCE = ("get 1percent.txt / 10percent.txt from "
+                          "https://github.com/google-research/simclr/tree/master/imagenet_subsets")
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                        "t10k-labels-idx1-ubyte")
@@ -154,6 +166,9 @@ class DatasetBundle:
     train: ImageDataset
     test: ImageDataset
     key: str = field(default="")
+    # a split fixed by the dataset's own list files (Semi-Aves l_train / u_train_in / u_train_out, an ImageNet
+    # 1% / 10% subset list): data/settings.py uses it instead of drawing one; None = drawn from the config
+    split: Any = field(default=None)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -292,7 +307,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None, layout: str) -> tupl
 
 FOLDER_SOURCES = {
     "imagenet": "get ImageNet-1k from https://image-net.org/download.php and arrange it as train/<class>/ and val/<class>/",
-    "semi_aves": "get Semi-Aves from https://github.com/cvl-umass/semi-inat-2020 and arrange it as train/<class>/ and test/<class>/",
+    "semi_aves": SEMI_AVES_SOURCE + "; or arrange it as train/<class>/ and test/<class>/",
     "imagefolder": "point data.root at your own images in that layout",
 }
 
@@ -378,18 +393,256 @@ def load_fashion_mnist(cfg: Any, cache_root: Path) -> DatasetBundle:
     return DatasetBundle("fashion_mnist", classes, split(train_ds), split(test_ds))
 
 
+# -- Fashion-MNIST 5k: the second offline dataset, shaped like MNIST-5k --------------------------------------
+
+FASHION5K_SEED = 0          # fixed: the subset is part of the dataset's definition, not of a run's seed
+FASHION5K_PER_CLASS = (400, 100)  # train, test images per class (MNIST-5k: 400 / 100)
+
+
+def fashion5k_indices(train_targets: np.ndarray, test_targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded Fashion-MNIST subset: per class, 400 of the official train images and 100 of the official test
+    images, drawn with ``numpy.random.default_rng([FASHION5K_SEED, split, class])`` (sorted indices)."""
+    out = []
+    for which, (targets, k) in enumerate(zip((train_targets, test_targets), FASHION5K_PER_CLASS)):
+        t = np.asarray(targets, dtype=np.int64)
+        parts = []
+        for c in range(int(t.max()) + 1):
+            idx = np.flatnonzero(t == c)
+            if len(idx) < k:
+                raise UserError(f"fashion5k needs {k} images of class {c} in the {('train', 'test')[which]} set, "
+                                f"which has {len(idx)}; the Fashion-MNIST files are incomplete")
+            parts.append(idx[np.random.default_rng([FASHION5K_SEED, which, c]).permutation(len(idx))[:k]])
+        out.append(np.sort(np.concatenate(parts)).astype(np.int64))
+    return out[0], out[1]
+
+
+def load_fashion5k(cfg: Any, cache_root: Path) -> DatasetBundle:
+    """5,000 Fashion-MNIST images shaped like ``mnist5k`` (4,000 train / 1,000 test, 500 per class): a fixed seeded
+    draw (:func:`fashion5k_indices`) from the official train and test sets, so its feature cache costs what
+    MNIST-5k's does. Read like ``fashion_mnist`` (Debian's package, or ``data.root``)."""
+    full = load_fashion_mnist(cfg, cache_root)
+    tr, te = fashion5k_indices(full.train.targets, full.test.targets)
+    train = ImageDataset(_ArrayImages(full.train.images.arrays[tr]), full.train.targets[tr])
+    test = ImageDataset(_ArrayImages(full.test.images.arrays[te]), full.test.targets[te])
+    return DatasetBundle("fashion5k", full.classes, train, test)
+
+
+# -- list-defined splits: Semi-Aves (FGVC7 list files) and ImageNet 1% / 10% (SimCLR subset lists) ------------
+
+SEMI_AVES_LABELED_LISTS = ("l_train_val", "l_train")
+
+
+def read_image_list(path: Path) -> list[tuple[str, int]]:
+    """``path label`` lines (the Semi-Aves / USB list format): (relative path, int label); blank lines skipped."""
+    items = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(maxsplit=1)
+        try:
+            items.append((parts[0], int(parts[1])))
+        except (IndexError, ValueError):
+            raise UserError(f"{path}:{i}: {line.strip()[:80]!r} is not valid; expected 'relative/path.jpg LABEL'") from None
+    if not items:
+        raise UserError(f"{path} lists no images; expected 'relative/path.jpg LABEL' lines")
+    return items
+
+
+def _semi_aves_dir(root: Path) -> Path | None:
+    """The directory holding the Semi-Aves list files: root, or root/semi_aves (USB's layout), or root/annotation
+    (the challenge's COCO-style JSON, read by the official FineSSL code), or None."""
+    for d in (root, root / "semi_aves"):
+        if (d / "u_train_in.txt").is_file():
+            return d
+    if (root / "annotation" / "anno_u_train_in.json").is_file():
+        return root / "annotation"
+    return None
+
+
+def read_coco_list(path: Path, labels_csv: Path | None = None) -> list[tuple[str, int]]:
+    """(file_name, category_id) of a Semi-Aves challenge JSON (``images`` + ``annotations`` by ``image_id``; -1 for
+    unlabeled images). The test JSON has no annotations: its labels come from ``solution.csv`` (``Id,Category``)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        by_image = {a["image_id"]: int(a["category_id"]) for a in data.get("annotations", [])}
+        if labels_csv is not None:
+            rows = [ln.split(",") for ln in labels_csv.read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
+            by_image = {int(r[0]): int(r[1]) for r in rows}
+        items = [(im["file_name"], by_image[im["id"]]) for im in data["images"]]
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"{path} is not a Semi-Aves annotation file ({type(e).__name__}: {e}); expected COCO-style "
+                        "'images' and 'annotations' (test labels in solution.csv: Id,Category)") from None
+    if not items:
+        raise UserError(f"{path} lists no images")
+    return items
+
+
+def _read_semi_aves(lists: Path, name: str) -> list[tuple[str, int]]:
+    """A Semi-Aves split by name (l_train, l_train_val, u_train_in, u_train_out, test) from lists or JSON."""
+    if lists.name != "annotation":
+        return read_image_list(lists / f"{name}.txt")
+    if name == "l_train_val":
+        return _read_semi_aves(lists, "l_train") + read_coco_list(lists / "anno_val.json")
+    if name == "test":
+        return read_coco_list(lists / "anno_test.json", next((p for p in (lists / "solution.csv",
+                                                               lists.parent / "solution.csv") if p.is_file()), None))
+    return read_coco_list(lists / f"anno_{name}.json")
+
+
+def _semi_aves_files(lists: Path, name: str) -> list[Path]:
+    if lists.name != "annotation":
+        return [lists / f"{name}.txt"]
+    if name == "test":
+        return [lists / "anno_test.json"]
+    return [lists / f"anno_{n}.json" for n in (("l_train", "val") if name == "l_train_val" else (name,))]
+
+
+def _list_paths(root: Path, lists: Path, name: str, items: list[tuple[str, int]]) -> list[Path]:
+    """Image paths of a list: relative to data.root (USB, ssl-evaluation), or to the list's own directory."""
+    for base in (root, lists, lists.parent):
+        if (base / items[0][0]).is_file():
+            return [base / rel for rel, _ in items]
+    raise UserError(f"{name}.txt names {items[0][0]!r}, found neither under {root} nor under {lists}; "
+                    f"{SEMI_AVES_SOURCE}")
+
+
+def _species_names(lists: Path, root: Path, k: int) -> list[str]:
+    for d in (lists, root, root.parent):
+        for fname in ("semi_aves_species_names.txt", "semi_aves_class_names.txt", "classnames.txt"):
+            f = d / fname
+            if f.is_file():
+                rows = [ln.split(maxsplit=1) for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                names = [r[-1].replace("_", " ") for r in rows]
+                if len(names) != k:
+                    raise UserError(f"{f} has {len(names)} names but the lists have {k} classes; expected one "
+                                    "'index Genus_species' line per class")
+                return names
+    return [f"bird species {i}" for i in range(k)]
+
+
+def load_semi_aves_lists(cfg: Any, root: Path, lists: Path) -> DatasetBundle:
+    """Semi-Aves (Su & Maji, FGVC7): 200 bird species, labeled ``l_train_val`` (default; USB) or ``l_train``
+    (``data.label_list``), unlabeled in-class ``u_train_in`` and, with ``data.unlabeled_out``, the out-of-class
+    ``u_train_out`` (flagged OOD); test ``test``. The training set is labeled + unlabeled images in that order and
+    the split is the lists' (``bundle.split``). Unlabeled images have no label (``-1`` in the lists); when
+    ``u_train_in_oracle.txt`` is there (ssl-evaluation) its labels are used for analysis only."""
+    from .splits import Split
+
+    lab_name = str(getattr(cfg, "label_list", "") or "l_train_val").removesuffix(".txt")
+    if lab_name not in SEMI_AVES_LABELED_LISTS:
+        raise UserError(f"data.label_list={lab_name!r} is not valid for semi_aves; valid: "
+                        f"{', '.join(SEMI_AVES_LABELED_LISTS)}")
+    names = [lab_name, "u_train_in", "test"] + (["u_train_out"] if getattr(cfg, "unlabeled_out", False) else [])
+    missing = [f.name for n in names for f in _semi_aves_files(lists, n) if not f.is_file()]
+    if missing:
+        raise UserError(f"semi_aves list file(s) {', '.join(missing)} missing in {lists}; {SEMI_AVES_SOURCE}")
+    items = {n: _read_semi_aves(lists, n) for n in names}
+    paths = {n: _list_paths(root, lists, n, items[n]) for n in names}
+    y = {n: np.asarray([label for _, label in items[n]], dtype=np.int64) for n in names}
+    k = int(max(y[lab_name].max(), y["test"].max())) + 1
+    for n in (lab_name, "test"):
+        if y[n].min() < 0:
+            raise UserError(f"{lists / (n + '.txt')} has label {int(y[n].min())}; expected class indices 0..{k - 1}")
+    oracle = lists / "u_train_in_oracle.txt"
+    if oracle.is_file():  # true labels of the in-class unlabeled images, by path (analysis only)
+        known = dict(read_image_list(oracle))
+        y["u_train_in"] = np.asarray([known.get(rel, -1) for rel, _ in items["u_train_in"]], dtype=np.int64)
+    unl_names = ["u_train_in"] + (["u_train_out"] if "u_train_out" in names else [])
+    if "u_train_out" in names:
+        y["u_train_out"] = np.full(len(items["u_train_out"]), -1, dtype=np.int64)  # other species: no class here
+    order = [lab_name] + unl_names
+    train = ImageDataset(_FileImages([p for n in order for p in paths[n]]), np.concatenate([y[n] for n in order]))
+    test = ImageDataset(_FileImages(paths["test"]), y["test"])
+    n_lab, n_all = len(y[lab_name]), len(train)
+    labeled = np.arange(n_lab, dtype=np.int64)
+    unlabeled = np.arange(0 if getattr(cfg, "include_labeled_in_unlabeled", True) else n_lab, n_all, dtype=np.int64)
+    ood = np.zeros(n_all, dtype=bool)
+    if "u_train_out" in names:
+        ood[n_all - len(y["u_train_out"]):] = True
+    split = Split(labeled, unlabeled, np.zeros(0, np.int64), ood=ood)
+    classes = _species_names(lists, root, k)
+    extra = "\n".join([*order, "test", *(rel for n in order + ["test"] for rel, _ in items[n])])
+    return DatasetBundle("semi_aves", classes, train, test, key=dataset_key("semi_aves", classes, train, test, extra),
+                         split=split)
+
+
+def _subset_list(cfg: Any, root: Path) -> Path:
+    """The ImageNet subset list named by ``data.label_list``: a path, or a name under root or root/imagenet_subsets."""
+    name = os.path.expanduser(str(cfg.label_list))
+    candidates = [Path(name)] if os.sep in name or Path(name).is_absolute() else []
+    for d in (root, root / "imagenet_subsets"):
+        candidates += [d / name, d / f"{name}.txt"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise UserError(f"data.label_list={cfg.label_list!r}: no such file (looked in {root} and {root / 'imagenet_subsets'}); "
+                    f"{IMAGENET_SUBSET_SOURCE}")
+
+
+def apply_subset_list(bundle: DatasetBundle, cfg: Any, root: Path) -> DatasetBundle:
+    """ImageNet 1% / 10%: the labeled images are those whose file name is in the SimCLR subset list (one name such
+    as ``n01440764_10026.JPEG`` per line); the unlabeled set is the whole train set (without them when
+    ``data.include_labeled_in_unlabeled`` is off)."""
+    from .splits import Split
+
+    path = _subset_list(cfg, root)
+    wanted = [ln.split()[0] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not wanted:
+        raise UserError(f"{path} lists no file names; {IMAGENET_SUBSET_SOURCE}")
+    names = [Path(p).name for p in bundle.train.images.paths]
+    where = {n: i for i, n in enumerate(names)}
+    absent = [w for w in wanted if w not in where]
+    if absent:
+        raise UserError(f"{len(absent)} of the {len(wanted)} images of {path.name} are not under {root / 'train'} "
+                        f"(e.g. {absent[0]!r}); expected the full ImageNet-1k train set in root/train/<wnid>/")
+    labeled = np.sort(np.asarray([where[w] for w in wanted], dtype=np.int64))
+    n = len(bundle.train)
+    unlabeled = np.arange(n, dtype=np.int64)
+    if not getattr(cfg, "include_labeled_in_unlabeled", True):
+        unlabeled = np.setdiff1d(unlabeled, labeled)
+    digest = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:12]
+    return DatasetBundle(bundle.name, bundle.classes, bundle.train, bundle.test, key=f"{bundle.key}-{path.stem}-{digest}",
+                         split=Split(labeled, unlabeled, np.zeros(0, np.int64), ood=np.zeros(n, dtype=bool)))
+
+
+def _check_list_options(name: str, cfg: Any) -> None:
+    label_list, out = str(getattr(cfg, "label_list", "") or ""), bool(getattr(cfg, "unlabeled_out", False))
+    if label_list and name not in ("semi_aves", "imagenet"):
+        raise UserError(f"data.label_list={label_list!r} is only valid for semi_aves and imagenet, not {name}")
+    if out and name != "semi_aves":
+        raise UserError(f"data.unlabeled_out=true is only valid for semi_aves, not {name}")
+
+
 def load_dataset(cfg: Any, cache_root: Path) -> DatasetBundle:
     """The :class:`DatasetBundle` for ``cfg.dataset`` (a DataConfig or anything with the same attributes)."""
     name = check_choice("dataset", cfg.dataset, DATASET_NAMES)
+    _check_list_options(name, cfg)
+    lists = None
+    if name == "semi_aves":
+        root, _ = _root(cfg, Path(cache_root), name)
+        lists = _semi_aves_dir(root)
+        if lists is None and getattr(cfg, "unlabeled_out", False):
+            raise UserError(f"semi_aves with data.unlabeled_out needs the list files, found none in {root}; "
+                            f"{SEMI_AVES_SOURCE}")
     if name == "mnist5k":
         bundle = load_mnist5k()
+    elif lists is not None:
+        bundle = load_semi_aves_lists(cfg, root, lists)
     elif name == "fashion_mnist":
         bundle = load_fashion_mnist(cfg, Path(cache_root))
+    elif name == "fashion5k":
+        bundle = load_fashion5k(cfg, Path(cache_root))
     elif name in SOURCES:
         bundle = load_torchvision(name, cfg, Path(cache_root))
     else:
         bundle = load_folder(name, cfg, Path(cache_root))
+        if name == "imagenet" and getattr(cfg, "label_list", ""):
+            bundle = apply_subset_list(bundle, cfg, _root(cfg, Path(cache_root), name)[0])
     k = int(getattr(cfg, "subsample_per_class", 0) or 0)
+    if k > 0 and bundle.split is not None:
+        raise UserError(f"data.subsample_per_class={k} is not valid with {name}'s list-defined split; set it to 0")
     if k > 0:
         train = bundle.train.subset(first_per_class(bundle.train.targets, k))
         bundle = DatasetBundle(bundle.name, bundle.classes, train, bundle.test,

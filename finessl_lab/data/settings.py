@@ -9,6 +9,8 @@
   ``M_1 = data.unlabeled_per_class``; 0 = the largest M_1 every class can supply. Class 0 is the head class.
   Test accuracy is also reported per group of classes: head / medium / tail = the first, second and last third
   of the classes (``numpy.array_split``; 10 classes -> 4 / 3 / 3).
+* a dataset with a list-defined split (Semi-Aves, ImageNet with ``data.label_list``) uses the lists' split;
+  ``data.labels_per_class`` does not apply to it.
 * ``data.setting=openset``: the first ``data.seen_classes`` classes are *seen* (labeled, ``labels_per_class``
   each); images of the other classes appear only in the unlabeled set, flagged out-of-distribution
   (``Split.ood`` -> ``Batch.u_ood`` -> ``StepRecord.is_ood``). The heads have ``seen_classes`` outputs and the
@@ -62,8 +64,15 @@ def longtail_plan(d: Any, targets: np.ndarray, num_classes: int) -> tuple[list[i
 
 
 def make_setting_split(d: Any, targets: np.ndarray, num_classes: int, seed: int, cache_root=None,
-                       dataset_key: str = "") -> Split:
-    """The split of ``d.setting`` (a DataConfig or anything with the same attributes)."""
+                       dataset_key: str = "", given: Split | None = None) -> Split:
+    """The split of ``d.setting`` (a DataConfig or anything with the same attributes). ``given``: a split fixed by
+    the dataset's list files (``DatasetBundle.split``: Semi-Aves, ImageNet 1% / 10%), used as it is."""
+    if given is not None:
+        if d.setting != "balanced" or int(d.val_per_class):
+            what = f"data.setting={d.setting}" if d.setting != "balanced" else f"data.val_per_class={d.val_per_class}"
+            raise UserError(f"{what} is not valid for {d.dataset}, whose split comes from its list files; valid: "
+                            "data.setting=balanced and data.val_per_class=0")
+        return given
     if d.setting == "balanced":
         if cache_root is None:
             from .splits import make_split
