@@ -237,3 +237,27 @@ def test_state_round_trips(name):
     fx, y, u, idx = head_batch(7)
     oa, ob = a.step(h, fx, y, u, idx), b.step(h, fx, y, u, idx)
     assert torch.equal(oa.loss, ob.loss) and torch.equal(oa.weight, ob.weight)
+
+
+def test_flexmatch_incremental_counts_equal_counting_the_slots_with_duplicates():
+    """FlexMatch keeps sigma incrementally (O(batch)); it must equal the old rule -- write the latest confident
+    label of each visited sample, recount all slots -- on random batches that repeat samples."""
+    g = torch.Generator().manual_seed(0)
+    alg = build_algorithm(cfg("flexmatch", 0.6), C, 12)
+    ref = torch.full((12,), -1, dtype=torch.long)
+    for _ in range(30):
+        index = torch.randint(0, 12, (6,), generator=g)
+        probs = torch.softmax(3 * torch.randn(6, C, generator=g), dim=1)
+        alg.observe(index, probs)
+        conf, pred = probs.max(dim=1)
+        for i, c, p in zip(index.tolist(), conf.tolist(), pred.tolist()):  # in order: the last confident visit wins
+            if c >= 0.6:
+                ref[i] = p
+        assert torch.equal(alg.slots, ref)
+        assert alg.counts().tolist() == [int((ref == k).sum()) for k in range(C)]
+    t = flex_thresholds(alg.counts(), int((ref < 0).sum()), 0.6, True, "convex")
+    assert torch.allclose(alg.thresholds(), t)
+    state = alg.state_dict()
+    fresh = build_algorithm(cfg("flexmatch", 0.6), C, 12)
+    fresh.load_state_dict({"slots": state["slots"]})  # an older checkpoint without counts
+    assert torch.equal(fresh.counts(), alg.counts())

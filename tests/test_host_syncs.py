@@ -18,7 +18,7 @@ from finessl_lab.syncs import count_host_syncs
 from finessl_lab.trainer import Trainer
 
 SMALL = ["data.subsample_per_class=20", "run.epochs=1", "run.steps_per_epoch=4", "run.progress=false"]
-SYNC_FREE = ("fixmatch", "finessl", "softmatch", "debiaspl", "pseudolabel")
+SYNC_FREE = ("fixmatch", "finessl", "softmatch", "debiaspl", "pseudolabel", "flexmatch")
 
 
 def test_the_counter_sees_every_kind_of_sync():
