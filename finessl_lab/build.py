@@ -135,7 +135,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                      seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
                      steps_per_epoch=cfg.run.steps_per_epoch)
     view.labeled_step(0)  # a replayed stream with fewer labeled images than one batch fails here, not mid-run
-    backbone = build_backbone(cfg.model)
+    backbone = build_backbone(cfg.model, seed=cfg.run.seed)
     mean, std = (backbone.mean, backbone.std) if cfg.data.normalize == "backbone" else \
         resolve_normalization(cfg.data.normalize, cfg.data.dataset)
     transforms = build_transforms(cfg.data, mean, std)

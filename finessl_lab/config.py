@@ -128,6 +128,8 @@ class AlgorithmConfig:
 @dataclass
 class OptimConfig:
     lr: float = opt(0.03, lo=0.0, lo_open=True, help="SGD learning rate")
+    backbone_lr: float = opt(0.0, lo=0.0, help="learning rate of the backbone's tuned parameters (PEFT / fine-tuned "
+                                              "blocks); 0 = optim.lr. The heads always use optim.lr")
     momentum: float = opt(0.9, lo=0.0, hi=1.0, hi_open=True)
     weight_decay: float = opt(5e-4, lo=0.0)
     nesterov: bool = opt(False)

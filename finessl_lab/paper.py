@@ -608,3 +608,197 @@ def table5_training_time(p: Params, setting: str = "n4") -> tuple[pd.DataFrame, 
     rows.append({"figure_table": "table5", "setting": setting, "method": "finessl/fixmatch",
                  "metric": "wall_time_ratio", "seed": -1, "value": float(t["finessl"] / t["fixmatch"])})
     return frame, measures_frame(rows)
+
+
+# -- the embedded CNN's fine-tuning strategies (Fig. 1, Tables 5 / 6-detach / 7 / 10) ------------------------
+
+#: what these counterparts are, said plainly on every figure and in every notebook
+CNN_NOTE = ("embedded counterpart: ImageNet EfficientNet-Lite0 on MNIST-5k, the top 2 blocks tuned from cached "
+            "activations below them ('FFT' = those 2 blocks, not the whole network); NOT CLIP RN50 / ViT-B/16")
+#: fine-tuning strategy -> preset, per profile (embedded: MNIST-5k N4, partial feature cache; paper: CIFAR-100 N4)
+STRATEGIES = {
+    "embedded": {"lp": "embedded_n4_lp", "bn": "embedded_n4_bn", "bitfit": "embedded_n4_bitfit",
+                 "ssf": "embedded_n4_ssf", "fft": "embedded_n4_fft_top2", "lp_ft": "embedded_n4_lpft_top2",
+                 "fft_dagger": "embedded_n4_fft_top2_classmean", "scratch": "fig1_embedded_scratch_cnn"},
+    "paper": {"lp": "table10_cifar100_n4_lp", "bn": "table7_cifar100_n4_rn50_bn",
+              "bitfit": "table7_cifar100_n4_rn50_bitfit", "ssf": "table7_cifar100_n4_rn50_ssf",
+              "fft": "table10_cifar100_n4_fft", "lp_ft": "table10_cifar100_n4_lp_ft",
+              "fft_dagger": "table10_cifar100_n4_fft_dagger", "vpt": "cifar100_n4"},
+}
+EMBEDDED_CNN_STEPS = 40  # steps of each run when the notebook's steps=0 (a top-2-block step costs ~10x a heads-only one)
+
+
+def cnn_steps(p: Params, peft_steps: int = 0) -> int:
+    """Steps of each run of the fine-tuning-strategy notebooks: ``peft_steps`` if > 0; else under the embedded
+    profile 40 (``steps`` = 0) or steps / 20 when ``steps`` is given (--quick's 300 -> 15, a smoke test: a top-block
+    run costs ~10x a heads-only step); under the paper profile 0 = the presets' own budget."""
+    if not isinstance(peft_steps, int) or isinstance(peft_steps, bool) or peft_steps < 0:
+        raise UserError(f"parameter peft_steps={peft_steps!r} is not valid; valid: an integer >= 0 (0 = the "
+                        "profile's default)")
+    if peft_steps:
+        return peft_steps
+    if p.profile == "paper":
+        return p.steps
+    return max(10, p.steps // 20) if p.steps else EMBEDDED_CNN_STEPS
+
+
+def strategy_config(p: Params, strategy: str, algorithm: str, seed: int, steps: int, setting: str = "n4",
+                    finessl: dict | None = None) -> "Config":
+    """The resolved config of one run of a fine-tuning strategy (its preset; ``setting`` changes the labels per
+    class under the embedded profile), with the run budget ``steps`` (0 = the preset's) and LP-FT probing for the
+    first third of it."""
+    from .config import parse_set
+    from .presets import resolve
+
+    table = STRATEGIES[p.profile]
+    if strategy not in table:
+        raise UserError(f"parameter strategy {strategy!r} is not valid under profile {p.profile!r}; valid: "
+                        f"{', '.join(table)}")
+    cfg = resolve(table[strategy])
+    if p.profile == "embedded":
+        if setting not in EMBEDDED_SETTINGS:
+            raise UserError(f"parameter setting {setting!r} is not valid for the fine-tuning strategies; valid: "
+                            f"{', '.join(EMBEDDED_SETTINGS)}")
+        cfg.data.labels_per_class = EMBEDDED_SETTINGS[setting]
+    cfg.algorithm.name, cfg.run.seed, cfg.run.progress = algorithm, seed, False
+    for k, v in (finessl or {}).items():
+        cfg.set(f"algorithm.finessl.{k}", v)
+    for item in p.sets:
+        cfg.set(*parse_set(item))
+    if steps:
+        epochs = max(1, min(p.epochs or 5, steps))
+        cfg.run.epochs, cfg.run.steps_per_epoch = epochs, -(-steps // epochs)
+        cfg.run.max_steps = 0 if steps % epochs == 0 else steps  # exactly ``steps`` steps
+        if cfg.model.lp_steps:
+            cfg.model.lp_steps = max(1, steps // 3)
+    return cfg.validate()
+
+
+def _strategy_rows(frame: pd.DataFrame, figure_table: str, avg_setting: str) -> list[dict]:
+    """Measures of a strategy x algorithm x seed frame: ``top1`` per strategy (setting ``cnn_<strategy>``, method =
+    algorithm), per algorithm (setting ``cnn_<algorithm>``, method = strategy), averaged over strategies (setting
+    ``avg_setting``, method = algorithm) and over algorithms (setting ``<avg_setting>_strategies``, method =
+    strategy); every value per seed."""
+    rows = []
+    for r in frame.itertuples():
+        rows.append({"figure_table": figure_table, "setting": f"cnn_{r.strategy}", "method": r.method,
+                     "metric": "top1", "seed": r.seed, "value": r.test_top1})
+        rows.append({"figure_table": figure_table, "setting": f"cnn_{r.method}", "method": r.strategy,
+                     "metric": "top1", "seed": r.seed, "value": r.test_top1})
+    for (method, seed), g in frame.groupby(["method", "seed"]):
+        rows.append({"figure_table": figure_table, "setting": avg_setting, "method": method, "metric": "top1",
+                     "seed": seed, "value": float(g["test_top1"].mean())})
+    for (strategy, seed), g in frame.groupby(["strategy", "seed"]):
+        rows.append({"figure_table": figure_table, "setting": f"{avg_setting}_strategies", "method": strategy,
+                     "metric": "top1", "seed": seed, "value": float(g["test_top1"].mean())})
+    return rows
+
+
+def strategy_comparison(p: Params, strategies, algorithms, figure_table: str, avg_setting: str,
+                        peft_steps: int = 0, setting: str = "n4") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test top-1 of every fine-tuning strategy x algorithm x seed (each from its preset, same step budget).
+    Returns (frame: strategy, method, seed, test_top1, trainable_params, wall_time_s, ...; measures)."""
+    steps = cnn_steps(p, peft_steps)
+    specs = [RunSpec(setting, a, seed, strategy_config(p, s, a, seed, steps, setting), {"strategy": s})
+             for s in strategies for a in algorithms for seed in p.seeds]
+    pairs = fetch(p, specs, f"{figure_table} runs")
+    frame = _summary_frame(pairs)
+    frame["trainable_params"] = [int(run.summary.get("trainable_params", 0)) for _, run in pairs]
+    return frame, measures_frame(_strategy_rows(frame, figure_table, avg_setting))
+
+
+def table7_cnn_peft(p: Params, strategies=("bn", "bitfit", "ssf"), algorithms=("fixmatch", "debiaspl", "finessl"),
+                    peft_steps: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 7's counterpart: BN-tuning / BitFit / SSF of the embedded CNN's top 2 blocks (paper: CLIP RN50) with
+    FixMatch, DebiasPL and FineSSL. Measures: setting ``cnn_peft_avg`` (mean over the strategies) and per strategy."""
+    return strategy_comparison(p, strategies, algorithms, "table7", "cnn_peft_avg", peft_steps)
+
+
+def table10_fft_variants(p: Params, strategies=("lp", "fft", "lp_ft", "fft_dagger"), algorithms=("fixmatch", "finessl"),
+                         peft_steps: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 10's counterpart: LP, FFT (random heads), LP-FT (probe a third of the steps, then fine-tune) and FFT
+    with the heads from the labeled class means (the embedded stand-in for FFT-dagger's text init; no text tower
+    here) of the embedded CNN's top 2 blocks, with FixMatch and FineSSL. Measures: setting ``cnn_fft_avg``."""
+    return strategy_comparison(p, strategies, algorithms, "table10", "cnn_fft_avg", peft_steps)
+
+
+def fig1_strategies(p: Params, label_settings=("n1", "n4"), strategies=("lp", "bn", "fft", "scratch"),
+                    algorithm: str = "fixmatch", peft_steps: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fig. 1's counterpart: linear probing, BN-tuning (the parameter-efficient method; the paper's is VPT on a
+    ViT), FFT of the top 2 blocks and a small CNN trained from scratch on the images, per label regime, with one
+    SSL algorithm. Measures: ``top1`` per label setting (setting ``fig1_<n>``) and averaged over them
+    (``fig1_all``), method = strategy."""
+    if p.profile != "embedded":
+        raise UserError("fig1_strategies runs the embedded counterpart; valid: profile='embedded' (the paper "
+                        "profile's Fig. 1 presets are fig1_cifar100_n*_{vpt,fft,lp})")
+    steps = cnn_steps(p, peft_steps)
+    specs = [RunSpec(s, algorithm, seed, strategy_config(p, st, algorithm, seed, steps, s), {"strategy": st})
+             for s in label_settings for st in strategies for seed in p.seeds]
+    pairs = fetch(p, specs, "fig 1 runs")
+    frame = _summary_frame(pairs)
+    frame["labels_per_class"] = [spec.cfg.data.labels_per_class for spec, _ in pairs]
+    rows = [{"figure_table": "fig1", "setting": f"fig1_{r.setting}", "method": r.strategy, "metric": "top1",
+             "seed": r.seed, "value": r.test_top1} for r in frame.itertuples()]
+    for (strategy, seed), g in frame.groupby(["strategy", "seed"]):
+        rows.append({"figure_table": "fig1", "setting": "fig1_all", "method": strategy, "metric": "top1",
+                     "seed": seed, "value": float(g["test_top1"].mean())})
+    return frame, measures_frame(rows)
+
+
+def table6_detach(p: Params, strategy: str = "bn", peft_steps: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 6's detach ablation where it means something: with trainable backbone parameters (embedded: BN-tuning
+    of the top 2 blocks), FineSSL with the aux head detached (default) vs its gradients reaching the backbone
+    (``algorithm.finessl.detach_aux=false``). Measures: setting ``n4_<strategy>_top2``, methods finessl / no_detach."""
+    steps = cnn_steps(p, peft_steps)
+    setting = f"n4_{strategy}_top2" if p.profile == "embedded" else f"n4_{strategy}"
+    specs = [RunSpec(setting, name, seed, strategy_config(p, strategy, "finessl", seed, steps, finessl=flags),
+                     {"flags": ", ".join(f"{k}={v}" for k, v in flags.items()) or "(full FineSSL)"})
+             for name, flags in (("finessl", {}), ("no_detach", {"detach_aux": False})) for seed in p.seeds]
+    frame = _summary_frame(fetch(p, specs, "table 6 detach runs"))
+    rows = [{"figure_table": "table6", "setting": setting, "method": r.method, "metric": "top1", "seed": r.seed,
+             "value": r.test_top1} for r in frame.itertuples()]
+    return frame, measures_frame(rows)
+
+
+def table5_scratch_vs_frozen(p: Params, peft_steps: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 5's from-scratch comparison: FixMatch training a small CNN from scratch on the images (image mode)
+    vs FineSSL training heads on the frozen backbone's cached features, with the same number of steps; wall time
+    of each run and the ratio (measure ``time_ratio``, method ``fixmatch_scratch/finessl_frozen``). The frozen
+    side's time excludes building the feature cache (a one-off, shared by every run)."""
+    if p.profile != "embedded":
+        raise UserError("table5_scratch_vs_frozen runs the embedded counterpart; valid: profile='embedded' (no "
+                        "WideResNet baseline exists in the toolkit)")
+    steps = cnn_steps(p, peft_steps)
+    specs = [RunSpec("n4", name, seed, strategy_config(p, strategy, algorithm, seed, steps), {"strategy": strategy})
+             for name, strategy, algorithm in (("fixmatch_scratch", "scratch", "fixmatch"),
+                                               ("finessl_frozen", "lp", "finessl")) for seed in p.seeds]
+    frame = _summary_frame(fetch(p, specs, "table 5 scratch runs"))
+    t = frame.groupby("method")["wall_time_s"].mean()
+    rows = [{"figure_table": "table5", "setting": "n4", "method": r.method, "metric": "train_seconds",
+             "seed": r.seed, "value": r.wall_time_s} for r in frame.itertuples()]
+    rows.append({"figure_table": "table5", "setting": "n4", "method": "fixmatch_scratch/finessl_frozen",
+                 "metric": "time_ratio", "seed": -1, "value": float(t["fixmatch_scratch"] / t["finessl_frozen"])})
+    return frame, measures_frame(rows)
+
+
+#: issue 11's PEFT comparison of the embedded CNN: strategy rows, algorithm columns
+CNN_PEFT_ROWS = ("lp", "bn", "bitfit", "ssf", "fft", "lp_ft")
+
+
+def cnn_peft_table(p: Params, strategies=CNN_PEFT_ROWS, algorithms=("fixmatch", "finessl"),
+                   peft_steps: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """FixMatch vs FineSSL test top-1 for every fine-tuning strategy of the embedded CNN (LP, BN-tuning, BitFit,
+    SSF, FFT and LP-FT of the top 2 blocks), the same runs as Tables 7 / 10. Returns (one row per run, the table:
+    one row per strategy with 'mean +- std (n)' per algorithm, FineSSL - FixMatch and the trainable parameters)."""
+    frame, _ = strategy_comparison(p, strategies, algorithms, "cnn_peft", "cnn_peft_table", peft_steps)
+    g = frame.groupby(["strategy", "method"])["test_top1"]
+    mean, std, n = g.mean().unstack(), g.std().unstack(), g.count().unstack()
+    table = pd.DataFrame(index=list(strategies))
+    for a in algorithms:
+        table[a] = [f"{mean.loc[s, a]:.2f} +- {0.0 if pd.isna(std.loc[s, a]) else std.loc[s, a]:.2f} ({n.loc[s, a]})"
+                    for s in strategies]
+    if {"fixmatch", "finessl"} <= set(algorithms):
+        table["finessl - fixmatch"] = [round(mean.loc[s, "finessl"] - mean.loc[s, "fixmatch"], 2) for s in strategies]
+    params = frame.groupby(["strategy", "method"])["trainable_params"].first().unstack()
+    table["trainable params (heads + tuned)"] = [int(params.loc[s].max()) for s in strategies]
+    return frame, table

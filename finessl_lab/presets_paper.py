@@ -136,4 +136,29 @@ def paper_presets(paper: Callable[..., dict], embedded: dict) -> dict[str, dict]
         "model": {"backbone": "scratch_cnn", "pretrained": "none", "peft": "full", "head_init": "random"},
         "run": {"feature_cache": False}, "data": {"num_workers": 0}}),
         "offline Fig. 1: a small CNN trained from scratch on the MNIST-5k images (image mode), N4")
+    # PEFT of the embedded CNN's top 2 blocks (last inverted-residual block + head conv) from the partial
+    # feature cache (build_partial.py): the offline counterparts of Tables 7 / 10, Fig. 1 and the detach ablation.
+    # Heads at lr 0.03; fully fine-tuned blocks at optim.backbone_lr 0.003 (0.03 diverges; README). BN / BitFit /
+    # SSF / LP keep the embedded heads (class means, fidelity clean); FFT / LP-FT start random heads as the paper's.
+    top = {"run": {"feature_cache": True}, "model": {"tune_blocks": 2}}
+    lp_steps = embedded["run"]["epochs"] * embedded["run"]["steps_per_epoch"] // 3  # LP-FT: the first third probes
+    for name, model, line in (
+            ("bn", {"peft": "bn"}, "BN-tuning (BatchNorm affine) of the top 2 blocks"),
+            ("bitfit", {"peft": "bitfit"}, "BitFit (biases) of the top 2 blocks"),
+            ("ssf", {"peft": "ssf"}, "SSF (scale-shift) of the top 2 blocks"),
+            ("fft_top2", {"peft": "full", "head_init": "random"},
+             "FFT = every weight of the top 2 blocks (not the whole network), random heads as the paper's FFT"),
+            ("last2", {"peft": "last_k", "head_init": "random"},
+             "last_k = the top 2 blocks tuned (same parameters as fft_top2), random heads"),
+            ("lpft_top2", {"peft": "full", "head_init": "random", "lp_steps": lp_steps},
+             f"LP-FT: {lp_steps} steps probing (random heads), then the top 2 blocks fine-tuned"),
+            ("fft_top2_classmean", {"peft": "full", "head_init": "class_mean"},
+             "FFT-dagger counterpart: FFT of the top 2 blocks, heads from the labeled class means (no text tower)")):
+        o = _merge(top, {"model": model})
+        if model["peft"] in ("full", "last_k"):
+            o["optim"] = {"backbone_lr": 0.003}
+        _add(out, f"embedded_n4_{name}", _merge(embedded, o),
+             f"offline Tables 7/10: MNIST-5k N4, EfficientNet-Lite0 (ImageNet, NOT CLIP), {line}, partial feature cache")
+    _add(out, "embedded_n4_lp", copy.deepcopy(embedded),
+         "offline Table 10: MNIST-5k N4, EfficientNet-Lite0 (ImageNet, NOT CLIP), linear probe (frozen, cached features)")
     return out

@@ -96,6 +96,19 @@ def param_groups(params: list[torch.nn.Parameter], weight_decay: float, scope: s
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def backbone_lr_groups(groups: list[dict], backbone_params, lr: float) -> list[dict]:
+    """Split each parameter group into heads (the optimizer's lr) and backbone parameters (``lr``:
+    ``optim.backbone_lr``); empty groups are dropped. The cosine schedule scales every group alike."""
+    ids = {id(p) for p in backbone_params}
+    out = []
+    for g in groups:
+        heads = [p for p in g["params"] if id(p) not in ids]
+        backbone = [p for p in g["params"] if id(p) in ids]
+        out += [dict(g, params=heads)] if heads else []
+        out += [dict(g, params=backbone, lr=lr)] if backbone else []
+    return out
+
+
 HEADS = ("main", "aux")
 
 
@@ -309,7 +322,10 @@ class Trainer:
             self.out, self.hooks = None, [h for h in self.hooks if h.name != "tensorboard"]
         self._ddp = None  # the DDP-wrapped step under torchrun (built in fit, after a resume's restore)
         params = e.model.trainable_parameters()
-        self.optimizer = torch.optim.SGD(param_groups(params, cfg.optim.weight_decay, cfg.optim.decay_scope), lr=cfg.optim.lr,
+        groups = param_groups(params, cfg.optim.weight_decay, cfg.optim.decay_scope)
+        if cfg.optim.backbone_lr and e.model.backbone is not None:
+            groups = backbone_lr_groups(groups, e.model.backbone.peft_parameters, cfg.optim.backbone_lr)
+        self.optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.scaler = grad_scaler(e.device, e.precision)

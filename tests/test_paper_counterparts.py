@@ -87,3 +87,76 @@ def test_table9_grid_average_and_its_claims(tmp_path, monkeypatch):
     assert verdict["table9_grid_rho10_uniform"] == claims.HOLDS and verdict["table9_grid_avg"] == claims.HOLDS
     assert verdict["table9_grid_rho10_reversed"] == claims.FAILS        # 82 vs 86 in that cell
     assert verdict["table9_grid_avg_tail"] == claims.HOLDS              # 70 vs 61
+
+
+def test_scratch_cnn_init_follows_the_run_seed_and_leaves_the_global_rng_alone():
+    import torch
+
+    from finessl_lab.models.backbones import ScratchCNN
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    a, b, a2 = ScratchCNN(1), ScratchCNN(2), ScratchCNN(1)
+    assert torch.equal(torch.rand(1), expected)
+    w = lambda m: m.net[0][0].weight  # noqa: E731
+    assert torch.equal(w(a), w(a2)) and not torch.equal(w(a), w(b))
+
+
+def test_backbone_lr_groups_split_heads_and_backbone():
+    import torch
+
+    from finessl_lab.trainer import backbone_lr_groups, param_groups
+
+    head_w, head_b = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(3))
+    bb_w, bb_b = torch.nn.Parameter(torch.ones(4, 4)), torch.nn.Parameter(torch.ones(4))
+    groups = backbone_lr_groups(param_groups([head_w, head_b, bb_w, bb_b], 5e-4, "matrices"), [bb_w, bb_b], 0.003)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert "lr" not in by_id[id(head_w)] and "lr" not in by_id[id(head_b)]
+    assert by_id[id(bb_w)]["lr"] == by_id[id(bb_b)]["lr"] == 0.003
+    assert by_id[id(bb_w)]["weight_decay"] == 5e-4 and by_id[id(bb_b)]["weight_decay"] == 0.0
+    opt = torch.optim.SGD(groups, lr=0.03)
+    assert sorted(g["lr"] for g in opt.param_groups) == [0.003, 0.003, 0.03, 0.03]
+
+
+def test_strategy_configs_come_from_their_presets_with_one_step_budget(tmp_path):
+    p = _p(tmp_path)
+    assert paper.cnn_steps(p) == 10 and paper.cnn_steps(p, 7) == 7   # steps=20 given: max(10, 20 // 20)
+    assert paper.cnn_steps(paper.parameters(runs_dir=str(tmp_path / "r"), out_dir=str(tmp_path / "o"))) == \
+        paper.EMBEDDED_CNN_STEPS
+    with pytest.raises(UserError, match="parameter peft_steps=-1"):
+        paper.cnn_steps(p, -1)
+    fft = paper.strategy_config(p, "fft", "fixmatch", 2, 60)
+    assert (fft.model.peft, fft.model.tune_blocks, fft.model.head_init, fft.optim.backbone_lr, fft.optim.lr) == \
+        ("full", 2, "random", 0.003, 0.03)
+    assert fft.run.feature_cache and fft.run.seed == 2 and fft.run.epochs * fft.run.steps_per_epoch == 60 and fft.run.max_steps == 0
+    lpft = paper.strategy_config(p, "lp_ft", "finessl", 1, 60)
+    assert lpft.model.lp_steps == 20 and lpft.algorithm.name == "finessl"
+    assert paper.strategy_config(p, "fft_dagger", "finessl", 1, 60).model.head_init == "class_mean"
+    assert paper.strategy_config(p, "bn", "finessl", 1, 60, setting="n1").data.labels_per_class == 1
+    scratch = paper.strategy_config(p, "scratch", "fixmatch", 1, 60)
+    assert scratch.model.backbone == "scratch_cnn" and not scratch.run.feature_cache
+    with pytest.raises(UserError, match="strategy 'vpt' is not valid under profile 'embedded'"):
+        paper.strategy_config(p, "vpt", "fixmatch", 1, 60)
+
+
+def test_strategy_claims_follow_the_numbers(tmp_path, monkeypatch):
+    top1 = {("lp", "fixmatch"): 60.0, ("fft", "fixmatch"): 40.0, ("lp_ft", "fixmatch"): 55.0,
+            ("fft_dagger", "fixmatch"): 50.0, ("lp", "finessl"): 62.0, ("fft", "finessl"): 45.0,
+            ("lp_ft", "finessl"): 50.0, ("fft_dagger", "finessl"): 47.0}
+
+    def fake_fetch(p, specs, desc):
+        return [(s, _Run(top1[s.labels["strategy"], s.method], s.method)) for s in specs]
+
+    monkeypatch.setattr(paper, "fetch", fake_fetch)
+    p = _p(tmp_path)
+    frame, m = paper.table10_fft_variants(p)
+    rows = claims.evaluate(claims.paper_claims(), m, claims.paper_results()).set_index("claim_id")
+    assert rows.loc["table10_cnn_finessl_beats_fixmatch", "ours"] == pytest.approx((204 - 205) / 4)
+    assert rows.loc["table10_cnn_finessl_beats_fixmatch", "verdict"] == claims.FAILS
+    assert rows.loc["table10_cnn_lpft_beats_fft", "ours"] == pytest.approx(52.5 - 42.5)
+    assert rows.loc["table10_cnn_lpft_beats_fft", "verdict"] == claims.HOLDS
+    top1[("fft", "finessl")] = 49.0  # FineSSL now ahead on average: the verdict follows
+    frame, m = paper.table10_fft_variants(p)
+    rows = claims.evaluate(claims.paper_claims(), m, claims.paper_results()).set_index("claim_id")
+    assert rows.loc["table10_cnn_finessl_beats_fixmatch", "verdict"] == claims.HOLDS

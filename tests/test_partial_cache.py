@@ -46,9 +46,13 @@ def test_embedded_bn_tuning_from_partial_cache_trains(tmp_path):
     cfg = resolve("embedded", sets=["data.subsample_per_class=10", "run.max_steps=4", "run.steps_per_epoch=2",
                                     "run.progress=false", "model.peft=bn", "model.tune_blocks=2", "optim.mu=2",
                                     "data.image_size=32", "data.resize=32", "data.crop_padding=4",
-                                    "run.feature_views=1"])
+                                    "run.feature_views=1", "optim.backbone_lr=0.01"])
     trainer = Trainer(cfg, tmp_path / "run")
     model = trainer.exp.model
+    bb_ids = {id(p) for p in model.backbone.peft_parameters}
+    lrs = {g["lr"] for g in trainer.optimizer.param_groups if all(id(p) in bb_ids for p in g["params"])}
+    heads = {g["lr"] for g in trainer.optimizer.param_groups if not any(id(p) in bb_ids for p in g["params"])}
+    assert lrs == {0.01} and heads == {cfg.optim.lr}  # optim.backbone_lr: the tuned blocks only
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert before and all("units." in n for n in before)
     n_bn = sum(p.numel() for n, p in model.backbone.named_parameters() if p.requires_grad)

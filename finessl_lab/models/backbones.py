@@ -328,13 +328,14 @@ class TopBlocks(Backbone):
 class ScratchCNN(Backbone):
     """A small CNN trained from scratch (Fig. 1's from-scratch baseline, in image mode): 4 x [conv3x3 - GroupNorm -
     ReLU - maxpool] with 32/64/128/256 channels, then global average pooling (256-d). GroupNorm rather than
-    BatchNorm because backbones always run in eval mode. Random init from the seed 0, the same for every run seed."""
+    BatchNorm because backbones always run in eval mode. Random init from ``seed`` (the run seed, so seeds differ
+    in the init as well as in the data order), drawn from a private generator that leaves the global RNG alone."""
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
         super().__init__(SCRATCH_CNN, f"{SCRATCH_CNN}:none", "cnn", 256, mean=(0.5,) * 3, std=(0.5,) * 3, has_text=False)
         layers, c_in = [], 3
-        with torch.random.fork_rng(devices=[]):  # a fixed init (seed 0) that leaves the global RNG alone
-            torch.manual_seed(0)
+        with torch.random.fork_rng(devices=[]):  # the init of this seed; the global RNG is left as it was
+            torch.manual_seed(int(seed))
             for c in (32, 64, 128, 256):
                 layers.append(nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.GroupNorm(8, c),
                                             nn.ReLU(), nn.MaxPool2d(2)))
@@ -570,8 +571,9 @@ def backbone_family(name: str) -> str:
                     "model such as ViT-B-16, ViT-B-32, ViT-L-14, RN50 (full list: finessl_lab.models.list_backbones())")
 
 
-def build_backbone(cfg: Any) -> Backbone:
-    """Build the frozen backbone of a ModelConfig-like ``cfg`` (backbone, pretrained; peft is checked early)."""
+def build_backbone(cfg: Any, seed: int = 0) -> Backbone:
+    """Build the frozen backbone of a ModelConfig-like ``cfg`` (backbone, pretrained; peft is checked early).
+    ``seed`` draws the random init of a backbone trained from scratch (``scratch_cnn``: the run seed)."""
 
     name, pretrained = str(cfg.backbone), str(cfg.pretrained)
     family = backbone_family(name)
@@ -581,7 +583,7 @@ def build_backbone(cfg: Any) -> Backbone:
         if pretrained != "none" or str(getattr(cfg, "peft", "full")) != "full":
             raise UserError(f"model.backbone={SCRATCH_CNN} is trained from scratch: valid only with model.pretrained=none "
                             f"and model.peft=full (got pretrained={pretrained!r}, peft={getattr(cfg, 'peft', None)!r})")
-        return ScratchCNN()
+        return ScratchCNN(seed)
     if name.startswith(TIMM_PREFIX):
         return _build_timm_vit(name, pretrained)
     return _build_efficientnet(pretrained) if name == EFFICIENTNET else _build_open_clip(name, pretrained)
