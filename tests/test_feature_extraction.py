@@ -53,3 +53,25 @@ def test_reduced_precision_is_refused_on_cpu(precision):
     with pytest.raises(UserError, match="run.precision"):
         extract(ScratchCNN(), _images(2), _to_tensor, stream=None, seed=0, device="cpu", batch_size=2,
                 num_workers=0, desc="t", progress=False, precision=precision)
+
+
+def test_compute_through_one_loader_equals_extracting_view_by_view():
+    from types import SimpleNamespace
+
+    from finessl_lab.data.features import STRONG_STREAM, WEAK_STREAM, compute
+
+    images, net = _images(50), ScratchCNN()
+    noisy = lambda img: _to_tensor(img) + 0.1 * torch.rand(3, 16, 16)  # noqa: E731  (a random view, seeded per image)
+    bundle = SimpleNamespace(train=SimpleNamespace(images=images), test=SimpleNamespace(images=images[:20]))
+    transforms = SimpleNamespace(test=_to_tensor, weak=noisy, strong=noisy)
+    feats = compute(net, bundle, transforms, views=2, seed=3, device="cpu", batch_size=64, num_workers=0,
+                    progress=False)
+    kw = dict(seed=3, device="cpu", batch_size=64, num_workers=0, desc="t", progress=False)
+    ref = {"train_clean": extract(net, images, _to_tensor, stream=None, **kw),
+           "test": extract(net, images[:20], _to_tensor, stream=None, **kw),
+           "weak": torch.stack([extract(net, images, noisy, stream=WEAK_STREAM + k, **kw) for k in range(2)]),
+           "strong": torch.stack([extract(net, images, noisy, stream=STRONG_STREAM + k, **kw) for k in range(2)])}
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    for k in ref:
+        assert torch.allclose(feats[k].float(), ref[k].float(), rtol=2e-3, atol=1e-4), k
+    assert not torch.allclose(feats["weak"][0].float(), feats["weak"][1].float())  # the K views differ

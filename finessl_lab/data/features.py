@@ -175,22 +175,22 @@ def _uses_channels_last(backbone, device) -> bool:
     return getattr(backbone, "family", None) == "cnn" and torch.device(device).type in ("cpu", "cuda")
 
 
-def _view_loader(images, transform, stream, seed, device, batch_size: int, num_workers: int):
-    dev = torch.device(device)
-    return torch.utils.data.DataLoader(ImageViews(images, transform, stream, seed), batch_size=batch_size,
-                                       num_workers=num_workers, pin_memory=dev.type == "cuda",
-                                       prefetch_factor=2 if num_workers else None,
-                                       worker_init_fn=ignore_stop_signals if num_workers else None)
-
-
 def extract(backbone, images, transform, *, stream: int | None, seed: int, device, batch_size: int,
             num_workers: int, desc: str, progress: bool = True, precision: str = "auto") -> Tensor:
-    """Features [N, D] (``STORED_DTYPE``, on CPU) of one view of every image.
+    """Features [N, D] (``STORED_DTYPE``, on CPU) of one view of every image (see :func:`extract_views`)."""
+    return extract_views(backbone, ImageViews(images, transform, stream, seed), device=device, batch_size=batch_size,
+                         num_workers=num_workers, desc=desc, progress=progress, precision=precision)
 
-    Batches come from a DataLoader (augmentation in a worker overlaps the forward); the forward runs under
+
+def extract_views(backbone, views, *, device, batch_size: int, num_workers: int, desc: str, progress: bool = True,
+                  precision: str = "auto") -> Tensor:
+    """Features [len(views), D] (``STORED_DTYPE``, on CPU) of a dataset of image tensors (e.g. ImageViews).
+
+    Batches come from one DataLoader (augmentation in a worker overlaps the forward); the forward runs under
     ``torch.inference_mode``, in channels_last for CNNs, in ``precision`` (``run.precision``: 'auto' = fp32 on
     CPU, bf16 / fp16 autocast on CUDA), with batch and workers from :func:`extraction_plan`. Features do
-    not depend on the batch size or the memory format beyond float rounding (the backbone is in eval mode)."""
+    not depend on the batch size, the batch boundaries or the memory format beyond float rounding (the backbone is
+    in eval mode)."""
     from ..device import autocast
 
     dev = torch.device(device)
@@ -198,12 +198,27 @@ def extract(backbone, images, transform, *, stream: int | None, seed: int, devic
     prec = _extraction_precision(precision, dev)
     cl = _uses_channels_last(backbone, dev)
     fmt = torch.channels_last if cl else torch.contiguous_format
-    loader = _view_loader(images, transform, stream, seed, dev, batch, workers)
+    loader = _view_loader(views, dev, batch, workers)
     out = []
     with _ChannelsLast(backbone, cl), torch.inference_mode(), autocast(dev, prec):
         for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch"):
             out.append(backbone(x.to(dev, non_blocking=True).contiguous(memory_format=fmt)).to("cpu", STORED_DTYPE))
     return torch.cat(out).clone()  # a normal tensor (not an inference tensor): callers may modify it in place
+
+
+def _view_loader(dataset, device, batch_size: int, num_workers: int):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                       pin_memory=torch.device(device).type == "cuda",
+                                       prefetch_factor=2 if num_workers else None,
+                                       worker_init_fn=ignore_stop_signals if num_workers else None)
+
+
+def _view_specs(bundle, transforms, views: int) -> list[tuple[str, object, object, int | None]]:
+    """(name, images, transform, stream) of every cached view, in storage order."""
+    tr = bundle.train.images
+    return ([("train_clean", tr, transforms.test, None), ("test", bundle.test.images, transforms.test, None)]
+            + [("weak", tr, transforms.weak, WEAK_STREAM + k) for k in range(views)]
+            + [("strong", tr, transforms.strong, STRONG_STREAM + k) for k in range(views)])
 
 
 def _all_views(extract_one, bundle, transforms, views: int, desc: str) -> dict:
@@ -221,11 +236,18 @@ def _all_views(extract_one, bundle, transforms, views: int, desc: str) -> dict:
 
 def compute(backbone, bundle, transforms, views: int, seed: int, device, batch_size: int = 256,
             num_workers: int = 2, progress: bool = True, precision: str = "auto") -> dict:
+    """{train_clean, test, weak [K, ...], strong [K, ...]}: every view of every image through one DataLoader (one
+    worker start, no pipeline drain between views; the same features as extracting view by view)."""
     backbone.eval()
-    kw = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress,
-              precision=precision)
-    return _all_views(lambda images, t, stream, desc: extract(backbone, images, t, stream=stream, desc=desc, **kw),
-                      bundle, transforms, views, "features")
+    specs = _view_specs(bundle, transforms, views)
+    dataset = torch.utils.data.ConcatDataset([ImageViews(images, t, stream, seed) for _, images, t, stream in specs])
+    flat = extract_views(backbone, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
+                         desc=f"features: {len(dataset):,} views", progress=progress, precision=precision)
+    parts = dict(train_clean=[], test=[], weak=[], strong=[])
+    for (name, images, _, _), f in zip(specs, flat.split([len(images) for _, images, _, _ in specs])):
+        parts[name].append(f)
+    return {"train_clean": parts["train_clean"][0], "test": parts["test"][0],
+            "weak": torch.stack(parts["weak"]), "strong": torch.stack(parts["strong"])}
 
 
 def _load_or_store(path: Path, key: str, what: str, compute_fn, meta: dict) -> dict:
@@ -269,7 +291,8 @@ def extract_below(backbone, k: int, images, transform, *, stream: int | None, se
                   num_workers: int, desc: str, progress: bool = True) -> Tensor:
     """Activations [N, C, H, W] (fp32, CPU) of one view of every image, below the last ``k`` blocks (batch and
     workers from :func:`extraction_plan`; NCHW, as the tuned top blocks train on them)."""
-    loader = _view_loader(images, transform, stream, seed, device, *extraction_plan(device, batch_size, num_workers))
+    loader = _view_loader(ImageViews(images, transform, stream, seed), device,
+                          *extraction_plan(device, batch_size, num_workers))
     out = [backbone.activations_below(x.to(device), k).float().cpu()
            for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch")]
     return torch.cat(out)
