@@ -121,9 +121,9 @@ class ImageViews(torch.utils.data.Dataset):
         return seeded(self.transform, img, view_seed(self.seed, self.stream, i))
 
 
-#: Images per forward pass when extracting on a CPU. EfficientNet-Lite0 at 64 px ran 2.7x faster at batch 64 than
-#: at 256 on a 2-core machine (issue 13: the activations of a 64-image batch stay in cache); on GPUs the requested
-#: batch (run.eval_batch_size) is used as is.
+#: Images per forward pass when extracting on a CPU: EfficientNet-Lite0 at 64 px ran 2.7x faster at batch 64 than
+#: at 256 on a 2-core machine (issue 13; smaller activations per batch). On GPUs the requested batch
+#: (run.eval_batch_size) is used as is.
 CPU_EXTRACT_BATCH = 64
 
 #: The dtype features are stored in: fp16 halves the cache (a 1280-d feature of 21,000 views: 54 MB instead of
