@@ -150,7 +150,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     if cfg.run.feature_cache:
         backbone.to(device)
         feats, path = load_or_compute(root, backbone, bundle, transforms, transform_description(cfg, mean, std),
-                                      cfg.run.feature_views, cfg.run.view_seed, **common)
+                                      cfg.run.feature_views, cfg.run.view_seed, precision=precision, **common)
         clean = feats["train_clean"].float()
         text = (backbone.text_prototypes(bundle.classes[:n_out], cfg.model.prompt_template).float().cpu()
                 if backbone.has_text and cfg.model.head_init in ("prototype", "text") else None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -94,9 +93,15 @@ def _register_reaper() -> None:
 _register_reaper()
 
 
-def cache_key(backbone_identity: str, dataset_key: str, transform_desc: dict, views: int, seed: int) -> str:
-    blob = json.dumps({"backbone": backbone_identity, "dataset": dataset_key, "transform": transform_desc,
-                       "views": views, "view_seed": seed, "format": 1}, sort_keys=True)
+def cache_key(backbone_identity: str, dataset_key: str, transform_desc: dict, views: int, seed: int,
+              precision: str = "fp32") -> str:
+    """The cache entry's name. ``precision`` (of the extraction forward) enters only when it is not fp32, so fp32
+    caches written before it was part of the key stay valid."""
+    d = {"backbone": backbone_identity, "dataset": dataset_key, "transform": transform_desc, "views": views,
+         "view_seed": seed, "format": 1}
+    if precision != "fp32":
+        d["precision"] = precision
+    blob = json.dumps(d, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -116,19 +121,104 @@ class ImageViews(torch.utils.data.Dataset):
         return seeded(self.transform, img, view_seed(self.seed, self.stream, i))
 
 
-@torch.no_grad()
+#: Images per forward pass when extracting on a CPU: EfficientNet-Lite0 at 64 px ran 2.7x faster at batch 64 than
+#: at 256 on a 2-core machine (issue 13; smaller activations per batch). On GPUs the requested batch
+#: (run.eval_batch_size) is used as is.
+CPU_EXTRACT_BATCH = 64
+
+#: The dtype features are stored in: fp16 halves the cache (a 1280-d feature of 21,000 views: 54 MB instead of
+#: 108 MB) and its rounding (relative 5e-4) is far below the augmentation noise; heads read them as fp32. The
+#: forward pass itself runs in ``run.precision`` (fp32 on CPU; bf16 / fp16 autocast on CUDA).
+STORED_DTYPE = torch.float16
+
+
+def extraction_plan(device, batch_size: int, num_workers: int) -> tuple[int, int]:
+    """(batch, workers) for extraction. On a CPU: batches of at most :data:`CPU_EXTRACT_BATCH` and at most one
+    worker. Augmentation is a small share of the work next to the frozen forward, so one worker keeps the next
+    batch ready while the forward keeps every intra-op thread the process has (``torch.get_num_threads()``, which
+    a ``compare --jobs`` pool already sized); the worker sleeps most of the time (benchmarks/cache_build.py).
+    ``num_workers`` = 0 keeps augmentation in the main process. Elsewhere the requested values are used as is."""
+    if torch.device(device).type != "cpu":
+        return int(batch_size), int(num_workers)
+    return min(int(batch_size), CPU_EXTRACT_BATCH), min(int(num_workers), 1)
+
+
+class _ChannelsLast:
+    """Context: the backbone in channels_last (CNNs, oneDNN / cuDNN NHWC kernels) during an extraction, restored on
+    exit so that whatever runs afterwards sees the backbone exactly as built."""
+
+    def __init__(self, backbone, enabled: bool):
+        self.backbone, self.enabled = backbone, enabled
+
+    def __enter__(self):
+        if self.enabled:
+            self.backbone.to(memory_format=torch.channels_last)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.backbone.to(memory_format=torch.contiguous_format)
+        return False
+
+
+def _extraction_precision(precision: str, device) -> str:
+    """run.precision resolved for the frozen forward: fp32 on CPU; on CUDA bf16 / fp16 autocast ('fp16_pure', the
+    official half-precision weights, extracts as fp16 too)."""
+    from ..device import resolve_precision
+
+    prec = resolve_precision(precision, torch.device(device))
+    return "fp16" if prec == "fp16_pure" else prec
+
+
+def _uses_channels_last(backbone, device) -> bool:
+    """channels_last for CNN backbones (oneDNN / cuDNN NHWC kernels); ViTs take NCHW only at the patch conv."""
+    return getattr(backbone, "family", None) == "cnn" and torch.device(device).type in ("cpu", "cuda")
+
+
 def extract(backbone, images, transform, *, stream: int | None, seed: int, device, batch_size: int,
-            num_workers: int, desc: str, progress: bool = True) -> Tensor:
-    """Features [N, D] (fp16, on CPU) of one view of every image."""
-    loader = torch.utils.data.DataLoader(ImageViews(images, transform, stream, seed), batch_size=batch_size,
-                                         num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-                                         worker_init_fn=ignore_stop_signals if num_workers else None)
-    amp = (torch.autocast("cuda", dtype=torch.float16) if torch.device(device).type == "cuda" else nullcontext())
+            num_workers: int, desc: str, progress: bool = True, precision: str = "auto") -> Tensor:
+    """Features [N, D] (``STORED_DTYPE``, on CPU) of one view of every image (see :func:`extract_views`)."""
+    return extract_views(backbone, ImageViews(images, transform, stream, seed), device=device, batch_size=batch_size,
+                         num_workers=num_workers, desc=desc, progress=progress, precision=precision)
+
+
+def extract_views(backbone, views, *, device, batch_size: int, num_workers: int, desc: str, progress: bool = True,
+                  precision: str = "auto") -> Tensor:
+    """Features [len(views), D] (``STORED_DTYPE``, on CPU) of a dataset of image tensors (e.g. ImageViews).
+
+    Batches come from one DataLoader (augmentation in a worker overlaps the forward); the forward runs under
+    ``torch.inference_mode``, in channels_last for CNNs, in ``precision`` (``run.precision``: 'auto' = fp32 on
+    CPU, bf16 / fp16 autocast on CUDA), with batch and workers from :func:`extraction_plan`. Features do
+    not depend on the batch size, the batch boundaries or the memory format beyond float rounding (the backbone is
+    in eval mode)."""
+    from ..device import autocast
+
+    dev = torch.device(device)
+    batch, workers = extraction_plan(dev, batch_size, num_workers)
+    prec = _extraction_precision(precision, dev)
+    cl = _uses_channels_last(backbone, dev)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    loader = _view_loader(views, dev, batch, workers)
     out = []
-    for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch"):
-        with amp:
-            out.append(backbone(x.to(device, non_blocking=True)).float().cpu().half())
-    return torch.cat(out)
+    with _ChannelsLast(backbone, cl), torch.inference_mode(), autocast(dev, prec):
+        for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch"):
+            out.append(backbone(x.to(dev, non_blocking=True).contiguous(memory_format=fmt)).to("cpu", STORED_DTYPE))
+    return torch.cat(out).clone()  # a normal tensor (not an inference tensor): callers may modify it in place
+
+
+def _view_loader(dataset, device, batch_size: int, num_workers: int):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                       pin_memory=torch.device(device).type == "cuda",
+                                       prefetch_factor=2 if num_workers else None,
+                                       worker_init_fn=ignore_stop_signals if num_workers else None)
+
+
+def _view_specs(bundle, transforms, views: int) -> list[tuple[str, object, object, int | None]]:
+    """(name, images, transform, stream) of every cached view, in storage order."""
+    tr = bundle.train.images
+    return ([("train_clean", tr, transforms.test, None), ("test", bundle.test.images, transforms.test, None)]
+            + [("weak", tr, transforms.weak, WEAK_STREAM + k) for k in range(views)]
+            + [("strong", tr, transforms.strong, STRONG_STREAM + k) for k in range(views)])
 
 
 def _all_views(extract_one, bundle, transforms, views: int, desc: str) -> dict:
@@ -145,11 +235,19 @@ def _all_views(extract_one, bundle, transforms, views: int, desc: str) -> dict:
 
 
 def compute(backbone, bundle, transforms, views: int, seed: int, device, batch_size: int = 256,
-            num_workers: int = 2, progress: bool = True) -> dict:
+            num_workers: int = 2, progress: bool = True, precision: str = "auto") -> dict:
+    """{train_clean, test, weak [K, ...], strong [K, ...]}: every view of every image through one DataLoader (one
+    worker start, no pipeline drain between views; the same features as extracting view by view)."""
     backbone.eval()
-    kw = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
-    return _all_views(lambda images, t, stream, desc: extract(backbone, images, t, stream=stream, desc=desc, **kw),
-                      bundle, transforms, views, "features")
+    specs = _view_specs(bundle, transforms, views)
+    dataset = torch.utils.data.ConcatDataset([ImageViews(images, t, stream, seed) for _, images, t, stream in specs])
+    flat = extract_views(backbone, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
+                         desc=f"features: {len(dataset):,} views", progress=progress, precision=precision)
+    parts = dict(train_clean=[], test=[], weak=[], strong=[])
+    for (name, images, _, _), f in zip(specs, flat.split([len(images) for _, images, _, _ in specs])):
+        parts[name].append(f)
+    return {"train_clean": parts["train_clean"][0], "test": parts["test"][0],
+            "weak": torch.stack(parts["weak"]), "strong": torch.stack(parts["strong"])}
 
 
 def _load_or_store(path: Path, key: str, what: str, compute_fn, meta: dict) -> dict:
@@ -170,14 +268,19 @@ def _load_or_store(path: Path, key: str, what: str, compute_fn, meta: dict) -> d
 
 
 def load_or_compute(cache_root: Path, backbone, bundle, transforms, transform_desc: dict, views: int, seed: int,
-                    device, batch_size: int = 256, num_workers: int = 2, progress: bool = True) -> tuple[dict, Path]:
-    """Return (features, path); compute and store them if the cache has no valid entry."""
-    key = cache_key(backbone.identity, bundle.key, transform_desc, views, seed)
+                    device, batch_size: int = 256, num_workers: int = 2, progress: bool = True,
+                    precision: str = "auto") -> tuple[dict, Path]:
+    """Return (features, path); compute and store them if the cache has no valid entry. The forward runs in
+    ``precision`` (run.precision; fp32 on CPU); a reduced precision (bf16 / fp16 on CUDA) is part of the key."""
+    prec = _extraction_precision(precision, torch.device(device))
+    key = cache_key(backbone.identity, bundle.key, transform_desc, views, seed, precision=prec)
     path = Path(cache_root) / "features" / f"{key}.pt"
     meta = {"backbone": backbone.identity, "dataset": bundle.key, "transform": transform_desc, "views": views,
             "view_seed": seed}
+    if prec != "fp32":
+        meta["precision"] = prec
     feats = _load_or_store(path, key, "feature cache", lambda: compute(backbone, bundle, transforms, views, seed, device,
-                                                                       batch_size, num_workers, progress), meta)
+                                                                       batch_size, num_workers, progress, prec), meta)
     return feats, path
 
 
@@ -186,9 +289,10 @@ def load_or_compute(cache_root: Path, backbone, bundle, transforms, transform_de
 @torch.no_grad()
 def extract_below(backbone, k: int, images, transform, *, stream: int | None, seed: int, device, batch_size: int,
                   num_workers: int, desc: str, progress: bool = True) -> Tensor:
-    """Activations [N, C, H, W] (fp32, CPU) of one view of every image, below the last ``k`` blocks."""
-    loader = torch.utils.data.DataLoader(ImageViews(images, transform, stream, seed), batch_size=batch_size,
-                                         num_workers=num_workers, worker_init_fn=ignore_stop_signals if num_workers else None)
+    """Activations [N, C, H, W] (fp32, CPU) of one view of every image, below the last ``k`` blocks (batch and
+    workers from :func:`extraction_plan`; NCHW, as the tuned top blocks train on them)."""
+    loader = _view_loader(ImageViews(images, transform, stream, seed), device,
+                          *extraction_plan(device, batch_size, num_workers))
     out = [backbone.activations_below(x.to(device), k).float().cpu()
            for x in progress_bar(loader, desc=desc, disable=not progress, unit="batch")]
     return torch.cat(out)
