@@ -47,7 +47,6 @@ class FlexMatch(Algorithm):
     def __init__(self, cfg, num_classes, num_unlabeled, device=None):
         super().__init__(cfg, num_classes, num_unlabeled, device)
         self.opts: FlexMatchOptions = cfg.flexmatch
-        self.num_unlabeled = num_unlabeled
         self.pace = LearningPace(num_unlabeled, num_classes, cfg.threshold, device, write="confident")
 
     @property
