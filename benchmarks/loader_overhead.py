@@ -49,9 +49,9 @@ TINY_VIT = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "widt
 class Before(ImageBatches):
     """The views as made before issue 13's fixes: ``seeded()`` (RNG save/restore) around every image."""
 
-    def _views(self, transform, idx, stream: int, step: int):
+    def _views(self, transform, idx, stream: int, step: int, start: int = 0):
         s = self.split.seed
-        return torch.stack([seeded(transform, self.images[int(i)], view_seed(s, stream, step, j))
+        return torch.stack([seeded(transform, self.images[int(i)], view_seed(s, stream, step, start + j))
                             for j, i in enumerate(idx)])
 
 
