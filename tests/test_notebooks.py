@@ -131,3 +131,22 @@ def test_cnn_strategy_notebooks_run_under_papermill(tmp_path, shared_runs, name,
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert f"{claim.statement}: {claim.metric}" in printed
     assert "- holds" in printed or "- does not hold" in printed
+
+
+def test_reproduce_builds_the_feature_caches_first_and_only_those_the_notebooks_read(tmp_path, monkeypatch):
+    """The caches are built once in the parent (all cores) before any kernel starts; paper-number notebooks need
+    none, fig6 reads Fashion-MNIST's, the CNN-strategy notebooks the partial (top-2-block) cache too."""
+    from finessl_lab import reproduce as rp
+
+    assert rp.caches_for(["table8_default_config", "table2_semi_aves"], "embedded") == []
+    assert rp.caches_for(["fig6_bias_other_datasets"], "embedded") == ["embedded_fashion5k_n4"]
+    assert rp.caches_for(["fig2_pseudo_label_bias", "table7_resnet_peft", "fig1_peft_vs_fft"], "embedded") == \
+        ["embedded", "embedded_n4_bn"]
+    assert rp.caches_for(["fig2_pseudo_label_bias"], "paper") == []
+    events = []
+    monkeypatch.setattr(rp, "prebuild_caches", lambda presets, progress=True: events.append(("build", presets)) or [])
+    monkeypatch.setattr(rp, "run_notebook", lambda path, out, params: events.append(("run", path.stem)))
+    monkeypatch.setattr(rp, "write_report", lambda *a, **k: None)
+    rp.reproduce("embedded", "fig2,fig6", tmp_path / "runs", tmp_path / "out", quick=True, progress=False, jobs=2)
+    assert events[0] == ("build", ["embedded", "embedded_fashion5k_n4"])
+    assert sorted(e[1] for e in events[1:]) == ["fig2_pseudo_label_bias", "fig6_bias_other_datasets"]
