@@ -153,6 +153,35 @@ def test_feature_cache_is_atomic_checksummed_and_a_damaged_entry_is_recomputed(t
     io.load_checkpoint(path)  # intact again
 
 
+def test_a_feature_cache_file_is_read_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    """Many runs in one notebook kernel share one read of the cache file; a rewritten file is read again."""
+    import os
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from finessl_lab.data import features
+
+    images = [Image.fromarray(np.full((4, 4, 3), i * 20, np.uint8)) for i in range(6)]
+    split = SimpleNamespace(images=images)
+    bundle = SimpleNamespace(key="tiny-once", train=split, test=split)
+    to_tensor = lambda img: torch.as_tensor(np.array(img), dtype=torch.float32).permute(2, 0, 1)  # noqa: E731
+    transforms = SimpleNamespace(test=to_tensor, weak=to_tensor, strong=to_tensor)
+    kw = dict(views=1, seed=0, device="cpu", batch_size=4, num_workers=0, progress=False)
+    computed, path = features.load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 2}, **kw)
+    reads = []
+    real = features.load_checkpoint
+    monkeypatch.setattr(features, "load_checkpoint", lambda p: reads.append(p) or real(p))
+    first, _ = features.load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 2}, **kw)
+    second, _ = features.load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 2}, **kw)
+    assert len(reads) == 1 and second is first and all(torch.equal(first[k], computed[k]) for k in computed)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # the file was rewritten since
+    third, _ = features.load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 2}, **kw)
+    assert len(reads) == 2 and third is not first and all(torch.equal(third[k], computed[k]) for k in computed)
+
+
 def test_figures_are_saved_atomically(tmp_path):
     import matplotlib
 
