@@ -41,6 +41,29 @@ def _check(fig, n_axes, note_part="efficientnet_lite0"):
     plt.close(fig)
 
 
+def test_pseudo_label_counts_without_oracle_labels_and_with_ood_samples(monkeypatch):
+    """Semi-Aves' unlabeled set has no labels (y_true = -1): counts still work, true_count is <NA>; open-set OOD
+    samples (a class the model does not have) are not counted as any class."""
+    from types import SimpleNamespace
+
+    class Fake:
+        label, note = "fixmatch", "tiny"
+        config = SimpleNamespace(run=SimpleNamespace(seed=1), data=SimpleNamespace(labels_per_class=4))
+        experiment = SimpleNamespace(num_classes=3)
+
+        def __init__(self, y_true):
+            self.y_true = y_true
+
+        def predict(self, split, head, view=None):
+            return pd.DataFrame({"pred": [0, 0, 2, 1], "y_true": self.y_true})
+
+    monkeypatch.setattr(F, "_runs", lambda runs: runs)
+    unknown = F.pseudo_label_counts([Fake([-1, -1, -1, -1])])
+    assert unknown["count"].tolist() == [2, 1, 1] and unknown["true_count"].isna().all()
+    mixed = F.pseudo_label_counts([Fake([0, 2, 2, 7])])  # 7: an OOD sample of the open-set setting
+    assert mixed["true_count"].tolist() == [1, 0, 2] and mixed["fraction"].tolist() == [0.5, 0.25, 0.25]
+
+
 def test_pseudo_label_distribution(runs):
     frame = F.pseudo_label_counts(runs)
     assert set(frame.columns) >= {"method", "seed", "class", "count", "note"}

@@ -25,17 +25,22 @@ def _base(run) -> dict:
 
 def pseudo_label_counts(runs, split: str = "unlabeled", view: str = "weak") -> pd.DataFrame:
     """Per run and class: ``count`` and ``fraction`` of the final model's pseudo-labels (main-head arg-max) on the
-    unlabeled set (weak view), and ``true_count`` (how many samples really are of that class)."""
+    unlabeled set (weak view), and ``true_count`` (how many samples really are of that class; only samples whose
+    label is known and one of the model's classes count: open-set OOD samples do not, and where no label is known,
+    e.g. Semi-Aves' unlabeled set without oracle labels, y_true = -1, ``true_count`` is missing, <NA>)."""
     rows = []
     for run in _runs(runs):
         u = run.predict(split, "main", view=view)
         c = run.experiment.num_classes
         counts = np.bincount(u.pred, minlength=c)
-        true = np.bincount(u.y_true, minlength=c)
+        y = np.asarray(u.y_true)
+        known = y[(y >= 0) & (y < c)]
+        true = np.bincount(known, minlength=c) if (y >= 0).any() else None
         for k in range(c):
             rows.append({**_base(run), "class": k, "count": int(counts[k]), "fraction": counts[k] / len(u),
-                         "true_count": int(true[k])})
-    return pd.DataFrame(rows)
+                         "true_count": pd.NA if true is None else int(true[k])})
+    frame = pd.DataFrame(rows)
+    return frame.astype({"true_count": "Int64"}) if len(frame) else frame
 
 
 def confidence_frame(runs, split: str = "unlabeled", view: str = "weak") -> pd.DataFrame:
