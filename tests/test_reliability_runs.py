@@ -126,20 +126,25 @@ class _TinyBackbone(torch.nn.Module):
         return x.flatten(1)[:, :4]
 
 
-def test_feature_cache_is_atomic_checksummed_and_a_damaged_entry_is_recomputed(tmp_path, capsys):
+def _tiny_images(key: str):
+    """(bundle, transforms, load_or_compute keywords) of six 4x4 images: a feature cache built in milliseconds."""
     from types import SimpleNamespace
 
     import numpy as np
     from PIL import Image
 
-    from finessl_lab.data.features import load_or_compute
-
     images = [Image.fromarray(np.full((4, 4, 3), i * 20, np.uint8)) for i in range(6)]
     split = SimpleNamespace(images=images)
-    bundle = SimpleNamespace(key="tiny", train=split, test=split)
+    bundle = SimpleNamespace(key=key, train=split, test=split)
     to_tensor = lambda img: torch.as_tensor(np.array(img), dtype=torch.float32).permute(2, 0, 1)  # noqa: E731
     transforms = SimpleNamespace(test=to_tensor, weak=to_tensor, strong=to_tensor)
-    kw = dict(views=1, seed=0, device="cpu", batch_size=4, num_workers=0, progress=False)
+    return bundle, transforms, dict(views=1, seed=0, device="cpu", batch_size=4, num_workers=0, progress=False)
+
+
+def test_feature_cache_is_atomic_checksummed_and_a_damaged_entry_is_recomputed(tmp_path, capsys):
+    from finessl_lab.data.features import load_or_compute
+
+    bundle, transforms, kw = _tiny_images("tiny")
     feats, path = load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 1}, **kw)
     assert stale_temps(path.parent) == [] and io.load_checkpoint(path)["meta"]["key"] == path.stem
     raw = bytearray(path.read_bytes())
@@ -156,19 +161,10 @@ def test_feature_cache_is_atomic_checksummed_and_a_damaged_entry_is_recomputed(t
 def test_a_feature_cache_file_is_read_once_per_process_until_it_changes(tmp_path, monkeypatch):
     """Many runs in one notebook kernel share one read of the cache file; a rewritten file is read again."""
     import os
-    from types import SimpleNamespace
-
-    import numpy as np
-    from PIL import Image
 
     from finessl_lab.data import features
 
-    images = [Image.fromarray(np.full((4, 4, 3), i * 20, np.uint8)) for i in range(6)]
-    split = SimpleNamespace(images=images)
-    bundle = SimpleNamespace(key="tiny-once", train=split, test=split)
-    to_tensor = lambda img: torch.as_tensor(np.array(img), dtype=torch.float32).permute(2, 0, 1)  # noqa: E731
-    transforms = SimpleNamespace(test=to_tensor, weak=to_tensor, strong=to_tensor)
-    kw = dict(views=1, seed=0, device="cpu", batch_size=4, num_workers=0, progress=False)
+    bundle, transforms, kw = _tiny_images("tiny-once")
     computed, path = features.load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 2}, **kw)
     reads = []
     real = features.load_checkpoint
