@@ -38,5 +38,6 @@ def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
     """Mean of ``values`` [B] over the rows where ``keep`` [B] is true, 0 when none is (the official
     ``loss[mask].mean() if mask.sum() > 0 else 0``), without boolean indexing or a host sync; NaN/Inf in rows
     not kept do not leak in."""
-    keep = keep > 0
+    if keep.dtype != torch.bool:
+        keep = keep > 0
     return torch.where(keep, values, 0.0).sum() / keep.sum().clamp_min(1)
