@@ -31,7 +31,7 @@ def smoothed_targets(labels: Tensor, num_classes: int, smoothing: float, form: s
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy against target distributions ([B, C], [B, C] -> [B]), in fp32."""
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    return -(targets * F.log_softmax(logits if logits.dtype == torch.float32 else logits.float(), dim=1)).sum(dim=1)
 
 
 def masked_mean(values: Tensor, keep: Tensor) -> Tensor:

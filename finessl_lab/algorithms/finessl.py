@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..distributed import global_masked_mean
 from ..options import opt
-from .base import Algorithm, Heads, UnlabeledViews, probs, register
+from .base import Algorithm, Heads, UnlabeledViews, fp32, probs, register
 from .bms import LearningPace, apply_margin_table, balanced_margins, margin_shape, margin_table
 from .dls import masked_mean, smoothed_targets, soft_cross_entropy
 
@@ -149,13 +149,13 @@ class FineSSL(Algorithm):
 
     # losses
     def supervised_loss(self, heads: Heads, fx: Tensor, y: Tensor, logs: dict) -> Tensor:
-        logits = heads.main(fx).float()
+        logits = fp32(heads.main(fx))
         if self.opts.bms_supervised:
             logits = apply_margin_table(logits, y, self._margin_table())
         loss = F.cross_entropy(logits, y)
         logs["loss_x"] = loss.detach()
         if self.uses_aux:
-            aux = F.cross_entropy(heads.aux(self._aux_in(fx)).float(), y)
+            aux = F.cross_entropy(fp32(heads.aux(self._aux_in(fx))), y)
             logs["loss_x_aux"] = aux.detach()
             loss = loss + aux
         return loss
@@ -173,8 +173,8 @@ class FineSSL(Algorithm):
 
     def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
                        logs: dict) -> Tensor:
-        pl2, mask2, weight2 = self._repeat(pl), self._repeat(mask), self._repeat(weight)
-        logits = apply_margin_table(heads.main(self._views(u, 0)).float(), pl2, self._margin_table())
+        pl2, weight2 = self._repeat(pl), self._repeat(weight)
+        logits = apply_margin_table(fp32(heads.main(self._views(u, 0))), pl2, self._margin_table())
         if self.opts.smoothing_on_main:
             per_sample = soft_cross_entropy(logits, self._smooth(pl2))
         else:
@@ -184,9 +184,8 @@ class FineSSL(Algorithm):
         logs["alpha_t"] = self.margins.max()
         if self.uses_aux:
             per = soft_cross_entropy(heads.aux(self._aux_in(self._views(u, 1))), self._smooth(pl2))
-            keep = self._step_cache.get("keep")
-            if keep is not None and keep.shape == mask.shape:  # the same rows as ``mask``, as booleans
-                mask2 = self._repeat(keep)
+            keep = self._step_cache.get("keep")  # the same rows as ``mask``, as booleans (mask() of this step)
+            mask2 = self._repeat(keep if keep is not None and keep.shape == mask.shape else mask)
             if self.opts.aux_mean == "batch":
                 aux = (per * mask2).mean()
             else:  # official: mean over the masked rows only, 0 when none is masked
