@@ -161,19 +161,24 @@ def main() -> None:
             fn(batches[3])
         syncs[name] = s
     times: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}  # this thread's CPU time: not counting time descheduled
     for _ in range(a.blocks):
         for name, fn in ways.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for b in batches:
                 fn(b)
+            cpu[name].append((time.thread_time() - c0) / len(batches))
             times[name].append((time.perf_counter() - t0) / len(batches))
     med = {k: statistics.median(v) for k, v in times.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"{a.preset} / {a.algorithm}: batch {cfg.optim.batch_size} + {cfg.optim.mu * cfg.optim.batch_size} unlabeled, "
           f"{trainer.exp.num_classes} classes, feature dim {trainer.exp.model.main.in_dim}, {a.blocks} interleaved "
           f"blocks x {a.steps} steps, 1 thread")
-    print(f"{'':10}{'ms/step (median)':>18}{'fastest block':>16}{'host syncs/step':>18}{'/ bare':>8}")
+    print(f"{'':10}{'ms/step (median)':>18}{'fastest block':>16}{'/ bare':>8}{'CPU ms/step':>13}{'/ bare':>8}"
+          f"{'host syncs/step':>18}")
     for k in ways:
-        print(f"{k:10}{1e3 * med[k]:18.3f}{1e3 * min(times[k]):16.3f}{syncs[k].count:18d}{med[k] / med['bare']:8.3f}")
+        print(f"{k:10}{1e3 * med[k]:18.3f}{1e3 * min(times[k]):16.3f}{med[k] / med['bare']:8.3f}"
+              f"{1e3 * cmed[k]:13.3f}{cmed[k] / cmed['bare']:8.3f}{syncs[k].count:18d}")
     ratios = [x / y for x, y in zip(times["library"], times["bare"])]
     print(f"per-block ratios library/bare: median {statistics.median(ratios):.3f}, quartiles "
           f"{statistics.quantiles(ratios, n=4)[0]:.3f}-{statistics.quantiles(ratios, n=4)[2]:.3f}")
