@@ -11,13 +11,24 @@ Steps alternate in interleaved blocks (library, bare, library, bare, ...), so lo
 alike; the ratio is of the per-way medians over blocks. Host syncs per step are counted with
 ``finessl_lab.syncs.count_host_syncs`` (calls that would sync on an accelerator).
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/head_step_overhead.py [--algorithm finessl] [--blocks 7] [--steps 50]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/head_step_overhead.py [--algorithm finessl] [--blocks 31] [--steps 10]
+        [--before REV]
+
+``--before REV`` adds a third way, interleaved with the other two: the library at git revision REV (its
+``finessl_lab`` package extracted with ``git archive`` and imported under another name), so "before" and "now"
+come from one run.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import itertools
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,15 +79,15 @@ class Bare:
     def step(self, b) -> None:
         (wm, sm), (wa, sa) = self.head("main"), self.head("aux")
         x, uw = F.normalize(b.x, dim=-1), F.normalize(b.u_weak, dim=-1)
-        us = F.normalize(torch.cat([b.u_strong1, b.u_strong2]), dim=-1)
         with torch.no_grad():
             conf, pl = torch.softmax(sm * (uw @ wm.t()), 1).max(1)
-            psi = torch.softmax(sa * (uw @ wa.t()), 1).max(1).values
+            psi = torch.softmax(sa * (uw @ wa.t()), 1).max(1).values if self.algorithm != "fixmatch" else None
         mask = conf >= self.th
         if self.algorithm == "fixmatch":
             loss = F.cross_entropy(sm * (x @ wm.t()), b.y) + \
                 (F.cross_entropy(sm * (F.normalize(b.u_strong1, dim=-1) @ wm.t()), pl, reduction="none") * mask).mean()
         else:
+            us = F.normalize(torch.cat([b.u_strong1, b.u_strong2]), dim=-1)  # (FixMatch reads strong view 1 only)
             beta = self.counts.float() / self.counts.max().clamp_min(1)
             margin = (beta.max() - beta.min()) * self.o.alpha_base * (1 - beta) / (1 + beta)
             pl2, mask2, psi2 = torch.cat([pl, pl]), torch.cat([mask, mask]), torch.cat([psi, psi])
@@ -101,27 +112,47 @@ class Bare:
         self.sched.step()
 
 
+def library_at(rev: str, sets: list[str]):
+    """A Trainer of the library as it was at git revision ``rev`` (its package imported as finessl_lab_<rev>)."""
+    root = Path(__file__).parents[1]
+    tar = subprocess.run(["git", "archive", rev, "finessl_lab"], cwd=root, check=True, capture_output=True).stdout
+    tmp = Path(tempfile.mkdtemp(prefix="head_step_before_"))
+    tarfile.open(fileobj=io.BytesIO(tar)).extractall(tmp, filter="data")
+    name = "finessl_lab_" + "".join(c if c.isalnum() else "_" for c in rev)
+    (tmp / "finessl_lab").rename(tmp / name)  # the package imports itself relatively: any name works
+    sys.path.insert(0, str(tmp))
+    old = importlib.import_module(f"{name}.trainer")
+    cfg = importlib.import_module(f"{name}.presets").resolve("embedded", sets=sets)
+    return old.Trainer(cfg, None, progress=False)
+
+
+def stepper(trainer: Trainer):
+    def library(b):
+        record = trainer._train_step(b)
+        trainer._call_hooks("on_step", record)
+        trainer.step += 1
+    trainer.algorithm.on_epoch_start(0)
+    trainer.exp.model.train()
+    return library
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="embedded")
     ap.add_argument("--algorithm", default="finessl", choices=("finessl", "fixmatch"))
     ap.add_argument("--blocks", type=int, default=31)
     ap.add_argument("--steps", type=int, default=10, help="steps per block and way")
+    ap.add_argument("--before", metavar="REV", help="also time the library at this git revision (interleaved)")
     a = ap.parse_args()
     torch.set_num_threads(1)  # what the trainer uses for head-level training on CPU
-    cfg = resolve(a.preset, sets=[f"algorithm.name={a.algorithm}", "run.progress=false"])
+    sets = [f"algorithm.name={a.algorithm}", "run.progress=false"]
+    cfg = resolve(a.preset, sets=sets)
     trainer = Trainer(cfg, None, progress=False)
     batches = list(itertools.islice(trainer.exp.batches(0, a.steps), a.steps))
     bare = Bare(trainer, a.algorithm)
-    trainer.algorithm.on_epoch_start(0)
-    trainer.exp.model.train()
-
-    def library(b):
-        record = trainer._train_step(b)
-        trainer._call_hooks("on_step", record)
-        trainer.step += 1
-
-    ways = {"library": library, "bare": bare.step}
+    ways = {"library": stepper(trainer), "bare": bare.step}
+    if a.before:
+        ways["before"] = stepper(library_at(a.before, sets))  # same batches: Batch is a plain dataclass of tensors
     syncs = {}
     for name, fn in ways.items():  # warm-up + sync count of one step
         for b in batches[:3]:
@@ -130,19 +161,24 @@ def main() -> None:
             fn(batches[3])
         syncs[name] = s
     times: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}  # this thread's CPU time: not counting time descheduled
     for _ in range(a.blocks):
         for name, fn in ways.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for b in batches:
                 fn(b)
+            cpu[name].append((time.thread_time() - c0) / len(batches))
             times[name].append((time.perf_counter() - t0) / len(batches))
     med = {k: statistics.median(v) for k, v in times.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"{a.preset} / {a.algorithm}: batch {cfg.optim.batch_size} + {cfg.optim.mu * cfg.optim.batch_size} unlabeled, "
           f"{trainer.exp.num_classes} classes, feature dim {trainer.exp.model.main.in_dim}, {a.blocks} interleaved "
           f"blocks x {a.steps} steps, 1 thread")
-    print(f"{'':10}{'ms/step (median)':>18}{'fastest block':>16}{'host syncs/step':>18}")
+    print(f"{'':10}{'ms/step (median)':>18}{'fastest block':>16}{'/ bare':>8}{'CPU ms/step':>13}{'/ bare':>8}"
+          f"{'host syncs/step':>18}")
     for k in ways:
-        print(f"{k:10}{1e3 * med[k]:18.3f}{1e3 * min(times[k]):16.3f}{syncs[k].count:18d}")
+        print(f"{k:10}{1e3 * med[k]:18.3f}{1e3 * min(times[k]):16.3f}{med[k] / med['bare']:8.3f}"
+              f"{1e3 * cmed[k]:13.3f}{cmed[k] / cmed['bare']:8.3f}{syncs[k].count:18d}")
     ratios = [x / y for x, y in zip(times["library"], times["bare"])]
     print(f"per-block ratios library/bare: median {statistics.median(ratios):.3f}, quartiles "
           f"{statistics.quantiles(ratios, n=4)[0]:.3f}-{statistics.quantiles(ratios, n=4)[2]:.3f}")

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from contextlib import ExitStack, contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -151,39 +152,51 @@ def top1(logits: Tensor, targets: Tensor) -> float:
 
 
 class StepLogs:
-    """The step logs of one window (at most an epoch) as rows of a device tensor: one copy per step, no host sync;
-    :meth:`read` sums them on the host once (per epoch, checkpoint or progress refresh) and finds the first step
-    with a NaN/Inf loss."""
+    """The step logs of one window (at most an epoch) kept as the steps' own 0-d device tensors: nothing is
+    computed or copied per step and the host is never synced; :meth:`read` stacks the whole window in one op, sums
+    it on the host once (per epoch, checkpoint or progress refresh) and finds the first step with a NaN/Inf loss."""
 
     def __init__(self):
         self.keys: tuple | None = None
-        self.buf: Tensor | None = None
-        self.n = self.first = 0
+        self.rows: list[list[Tensor]] = []
+        self.capacity = 1
+        self.first = 0
         self.sums: dict[str, float] = {}   # already read to the host
         self.count, self.bad = 0, None
 
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
     def add(self, step: int, loss: Tensor, logs: dict, capacity: int) -> None:
         keys = ("loss", *logs)
-        vals = torch.stack([v.detach().float() if isinstance(v, Tensor) else torch.tensor(float(v), device=loss.device)
-                            for v in (loss, *logs.values())])
-        if self.buf is None or keys != self.keys or self.n == len(self.buf) or vals.device != self.buf.device:
-            self._drain()  # rare: a new set of log keys (or a full buffer) is read to the host first
-            self.keys, self.buf = keys, vals.new_empty(max(1, capacity), len(keys))
-        if self.n == 0:
+        row = [loss, *logs.values()]
+        for i, v in enumerate(row):
+            if not isinstance(v, Tensor):
+                row[i] = torch.tensor(float(v), device=loss.device)
+            elif v.requires_grad:  # hold no autograd graph
+                row[i] = v.detach()
+        if keys != self.keys or len(self.rows) >= self.capacity or (self.rows and loss.device != self.rows[0][0].device):
+            self._drain()  # rare: a new set of log keys (or a full window) is read to the host first
+            self.keys, self.capacity = keys, max(1, capacity)
+        if not self.rows:
             self.first = step
-        self.buf[self.n] = vals
-        self.n += 1
+        self.rows.append(row)
 
     def _drain(self) -> None:
-        if not self.n:
+        if not self.rows:
             return
-        for i, row in enumerate(self.buf[:self.n].tolist()):  # summed on the host step by step, in float64: the
-            for k, v in zip(self.keys, row):                    # same sums however the windows split an epoch
-                self.sums[k] = self.sums.get(k, 0.0) + v
+        k = len(self.keys)
+        with torch.no_grad():  # one stack for the window (dtypes promoted, then fp32: as a per-value .float())
+            flat = torch.stack([v for row in self.rows for v in row]).float().tolist()
+        for i in range(len(self.rows)):  # summed on the host step by step, in float64: the
+            row = flat[i * k:(i + 1) * k]     # same sums however the windows split an epoch
+            for key, v in zip(self.keys, row):
+                self.sums[key] = self.sums.get(key, 0.0) + v
             if self.bad is None and not math.isfinite(row[0]):
                 self.bad = (self.first + i, row[0])
-        self.count += self.n
-        self.n = 0
+        self.count += len(self.rows)
+        self.rows = []
 
     def read(self) -> tuple[dict, int, tuple | None]:
         """({key: sum over the steps}, steps, (first step with a NaN/Inf loss, that loss) or None); starts anew."""
@@ -432,7 +445,8 @@ class Trainer:
     def _train_step(self, batch) -> StepRecord | None:
         e, cfg = self.exp, self.cfg
         model = e.model
-        batch = batch.to(e.device, non_blocking=True)
+        if any(t is not None and t.device != e.device for t in (getattr(batch, f.name) for f in fields(batch))):
+            batch = batch.to(e.device, non_blocking=True)
         batch = batch.normalized(getattr(e.transforms, "mean", None), getattr(e.transforms, "std", None))  # uint8 views
         views = [batch.x] + ([batch.u_weak, batch.u_strong1, batch.u_strong2] if batch.u_weak is not None else [])
         sizes = [len(v) for v in views]
@@ -441,7 +455,8 @@ class Trainer:
                 out = self._ddp(torch.cat(views).to(weight_dtype(e.precision)), sizes, batch.y, batch.u_index)
             else:
                 if model.backbone is None:  # feature-cache mode: the views are the features (no copy into one batch)
-                    feats = [v.to(weight_dtype(e.precision)) for v in views]
+                    wd = weight_dtype(e.precision)
+                    feats = [v if v.dtype == wd else v.to(wd) for v in views]
                 else:
                     feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
                 u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None

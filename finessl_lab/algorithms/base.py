@@ -82,9 +82,14 @@ class RoundContext:
     reset_parameters: Callable[[], None]
 
 
+def fp32(t: Tensor) -> Tensor:
+    """``t.float()`` without the call when ``t`` is fp32 already (the head-level step's common case)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def probs(logits: Tensor) -> Tensor:
     """Softmax in fp32, detached."""
-    return torch.softmax(logits.detach().float(), dim=1)
+    return torch.softmax(fp32(logits.detach()), dim=1)
 
 
 class Algorithm:

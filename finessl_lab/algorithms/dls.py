@@ -31,12 +31,13 @@ def smoothed_targets(labels: Tensor, num_classes: int, smoothing: float, form: s
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy against target distributions ([B, C], [B, C] -> [B]), in fp32."""
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    return -(targets * F.log_softmax(logits if logits.dtype == torch.float32 else logits.float(), dim=1)).sum(dim=1)
 
 
 def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
     """Mean of ``values`` [B] over the rows where ``keep`` [B] is true, 0 when none is (the official
     ``loss[mask].mean() if mask.sum() > 0 else 0``), without boolean indexing or a host sync; NaN/Inf in rows
     not kept do not leak in."""
-    keep = keep > 0
+    if keep.dtype != torch.bool:
+        keep = keep > 0
     return torch.where(keep, values, 0.0).sum() / keep.sum().clamp_min(1)

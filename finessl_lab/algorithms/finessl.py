@@ -9,6 +9,8 @@ How it differs from the FixMatch template in base.py:
   4. pace     after the losses, confident weak-view predictions write their pace slot (bms.LearningPace)
 Both unlabeled losses read the two strong views concatenated (2U rows, labels and weights repeated).
 Total: L = Lx(main, BMS) + Lx(aux) + gamma * Lu(main, BMS, psi) + Lu(aux, smoothed, mask).
+Per step, the weak-view max (confidence, pseudo-label), the margin table and the smoothed-target table are computed
+once and shared by the hooks (the values are bit for bit those of the per-hook forms; tests/test_head_step.py).
 The official code's forms are the defaults; each earlier finessl_lab form is a named option (README "Fidelity"),
 and every ablation of the paper's Table 6 is an option below.
 """
@@ -22,8 +24,8 @@ from torch import Tensor
 
 from ..distributed import global_masked_mean
 from ..options import opt
-from .base import Algorithm, Heads, UnlabeledViews, probs, register
-from .bms import LearningPace, apply_margins, balanced_margins, margin_shape
+from .base import Algorithm, Heads, UnlabeledViews, fp32, probs, register
+from .bms import LearningPace, apply_margin_table, balanced_margins, margin_shape, margin_table
 from .dls import masked_mean, smoothed_targets, soft_cross_entropy
 
 
@@ -67,6 +69,9 @@ class FineSSL(Algorithm):
         self.opts: FineSSLOptions = cfg.finessl
         self.pace = LearningPace(num_unlabeled, num_classes, self.opts.zeta, device, write=self.opts.pace_write)
         self.margins = torch.zeros(num_classes, device=device)
+        self._step_cache: dict = {}  # this step's weak-view max and margin table (cleared after the losses)
+        self._off_eye: Tensor | None = None  # [C, C] ~eye(C) for the margin table (constant)
+        self._smooth_table: tuple | None = None  # (options, [C, C] smoothed targets: row = label)
 
     @property
     def uses_aux(self) -> bool:
@@ -77,13 +82,39 @@ class FineSSL(Algorithm):
 
     # 1. margins (from the pace before the batch) ... 4. pace update after the losses
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
+        c = self._step_cache
+        c["top"] = probs_w.max(dim=1)  # (confidence, pseudo-label), read by the mask, the label and the pace
         if self.opts.margin_timing == "after":
-            self.pace.update(index, probs_w)
+            self.pace.update(index, probs_w, c["top"])
         self._set_margins(probs_w.device)
+        c["table"] = margin_table(self.margins, self._off_diagonal(probs_w.device))
 
     def after_losses(self, index: Tensor, probs_w: Tensor) -> None:
         if self.opts.margin_timing == "before":
-            self.pace.update(index, probs_w)
+            self.pace.update(index, probs_w, self._step_cache.get("top"))
+        self._step_cache = {}
+
+    def _top(self, probs_w: Tensor):
+        top = self._step_cache.get("top")
+        return top if top is not None else probs_w.max(dim=1)
+
+    def pseudo_label(self, probs_w: Tensor) -> Tensor:
+        return self._top(probs_w).indices  # = probs_w.argmax(dim=1) (first maximum, as argmax)
+
+    def mask(self, probs_w: Tensor) -> Tensor:
+        keep = self._top(probs_w).values >= self.cfg.threshold
+        self._step_cache["keep"] = keep  # the boolean form for the aux head's masked mean
+        return keep.float()
+
+    def _margin_table(self) -> Tensor:
+        table = self._step_cache.get("table")
+        return table if table is not None else margin_table(self.margins)
+
+    def _off_diagonal(self, device) -> Tensor:
+        t = self._off_eye
+        if t is None or t.device != device:
+            t = self._off_eye = ~torch.eye(self.num_classes, dtype=torch.bool, device=device)
+        return t
 
     def _set_margins(self, device) -> None:
         beta = self.pace.beta().to(device)
@@ -91,10 +122,11 @@ class FineSSL(Algorithm):
             self.margins = torch.zeros_like(beta)
             return
         if self.opts.dynamic_alpha:
-            m = balanced_margins(beta, self.opts.alpha_base, self.opts.margin_form)
+            # before any pace beta is all 0, so alpha_t = 0 and the margins are exactly 0 already
+            self.margins = balanced_margins(beta, self.opts.alpha_base, self.opts.margin_form)
         else:
             m = self.opts.alpha_base * margin_shape(beta, self.opts.margin_form)
-        self.margins = torch.where(self.pace.counts.to(device).max() > 0, m, 0.0)  # no margins before any pace
+            self.margins = torch.where(self.pace.counts.to(device).max() > 0, m, 0.0)  # no margins before any pace
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.opts.pace_reset_each_epoch:
@@ -111,17 +143,19 @@ class FineSSL(Algorithm):
             psi = probs_aux.max(dim=1).values
         else:
             return mask
+        if self.opts.weight_floor <= 0:  # psi >= 0 always (a NaN stays NaN either way): nothing to floor
+            return psi
         return psi * (psi >= self.opts.weight_floor)
 
     # losses
     def supervised_loss(self, heads: Heads, fx: Tensor, y: Tensor, logs: dict) -> Tensor:
-        logits = heads.main(fx).float()
+        logits = fp32(heads.main(fx))
         if self.opts.bms_supervised:
-            logits = apply_margins(logits, y, self.margins)
+            logits = apply_margin_table(logits, y, self._margin_table())
         loss = F.cross_entropy(logits, y)
         logs["loss_x"] = loss.detach()
         if self.uses_aux:
-            aux = F.cross_entropy(heads.aux(self._aux_in(fx)).float(), y)
+            aux = F.cross_entropy(fp32(heads.aux(self._aux_in(fx))), y)
             logs["loss_x_aux"] = aux.detach()
             loss = loss + aux
         return loss
@@ -139,8 +173,8 @@ class FineSSL(Algorithm):
 
     def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
                        logs: dict) -> Tensor:
-        pl2, mask2, weight2 = self._repeat(pl), self._repeat(mask), self._repeat(weight)
-        logits = apply_margins(heads.main(self._views(u, 0)).float(), pl2, self.margins)
+        pl2, weight2 = self._repeat(pl), self._repeat(weight)
+        logits = apply_margin_table(fp32(heads.main(self._views(u, 0))), pl2, self._margin_table())
         if self.opts.smoothing_on_main:
             per_sample = soft_cross_entropy(logits, self._smooth(pl2))
         else:
@@ -150,6 +184,8 @@ class FineSSL(Algorithm):
         logs["alpha_t"] = self.margins.max()
         if self.uses_aux:
             per = soft_cross_entropy(heads.aux(self._aux_in(self._views(u, 1))), self._smooth(pl2))
+            keep = self._step_cache.get("keep")  # the same rows as ``mask``, as booleans (mask() of this step)
+            mask2 = self._repeat(keep if keep is not None and keep.shape == mask.shape else mask)
             if self.opts.aux_mean == "batch":
                 aux = (per * mask2).mean()
             else:  # official: mean over the masked rows only, 0 when none is masked
@@ -160,7 +196,12 @@ class FineSSL(Algorithm):
         return loss
 
     def _smooth(self, pl: Tensor) -> Tensor:
-        return smoothed_targets(pl, self.num_classes, self.opts.smoothing, self.opts.smoothing_form)
+        """Smoothed targets of labels ``pl``: rows of a [C, C] table built once (dls.smoothed_targets)."""
+        key = (self.opts.smoothing, self.opts.smoothing_form, pl.device)
+        if self._smooth_table is None or self._smooth_table[0] != key:
+            labels = torch.arange(self.num_classes, device=pl.device)
+            self._smooth_table = key, smoothed_targets(labels, self.num_classes, *key[:2])
+        return self._smooth_table[1][pl]
 
     def state_dict(self) -> dict:
         return {"pace": self.pace.state_dict(), "margins": self.margins.clone()}

@@ -1,0 +1,251 @@
+"""Issue 13, target 2: the leaner FineSSL step (one weak-view max per step, margin and smoothing tables, pairwise
+duplicate detection in the pace update, step logs stacked once per window) gives the same bits as the forms it
+replaced: against a re-statement of those forms run side by side (exact on any machine), and against golden
+values recorded from the code before the change."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finessl_lab.algorithms.bms import (LearningPace, apply_margin_table, apply_margins, balanced_margins,
+                                        margin_shape, margin_table)
+from finessl_lab.algorithms.dls import masked_mean, smoothed_targets, soft_cross_entropy
+from finessl_lab.algorithms.finessl import FineSSL
+from finessl_lab.build import build_experiment
+from finessl_lab.presets import resolve
+from finessl_lab.trainer import Trainer
+
+SMALL = ["data.subsample_per_class=20", "run.epochs=1", "run.steps_per_epoch=12", "run.progress=false",
+         "algorithm.name=finessl", "algorithm.threshold=0.5", "algorithm.finessl.zeta=0.3", "optim.lr=0.1"]
+
+
+# -- the forms before the change (finessl_lab at c21035b), re-stated ---------------------------------------------
+def old_apply_margins(logits, targets, margins):
+    m = margins.to(logits.dtype)[targets].unsqueeze(1).expand_as(logits)
+    not_target = targets.unsqueeze(1) != torch.arange(logits.shape[1], device=logits.device)
+    return logits + m * not_target
+
+
+def old_pace_update(pace: LearningPace, index, probs):
+    conf, pred = probs.max(dim=1)
+    confident = conf >= pace.zeta
+    new = torch.where(confident, pred, -1)
+    writes = confident if pace.write == "confident" else torch.ones_like(confident)
+    b = index.numel()
+    rank = torch.where(writes, torch.arange(b), -1)
+    order = torch.sort(index * (b + 1) + rank + 1).indices
+    idx, rank, new = index[order], rank[order], new[order]
+    last = torch.ones_like(idx, dtype=torch.bool)
+    last[:-1] = idx[1:] != idx[:-1]
+    live = last & (rank >= 0)
+    target = torch.where(live, idx, pace.slots.numel())
+    new = torch.where(live, new, -1)
+    old = pace._slots[target]
+    pace.counts.index_add_(0, old.clamp_min(0), -(old >= 0).long())
+    pace.counts.index_add_(0, new.clamp_min(0), (new >= 0).long())
+    pace._slots[target] = new
+
+
+class OldFineSSL(FineSSL):
+    """FineSSL's hooks exactly as they were before the change (per-hook max, margins added row by row, targets
+    built per call, floor multiply, float mask in the masked mean, sort-based pace update)."""
+
+    def observe(self, index, probs_w):
+        if self.opts.margin_timing == "after":
+            old_pace_update(self.pace, index, probs_w)
+        beta = self.pace.beta()
+        if not self.opts.bms:
+            self.margins = torch.zeros_like(beta)
+            return
+        if self.opts.dynamic_alpha:
+            m = (beta.max() - beta.min()) * self.opts.alpha_base * margin_shape(beta, self.opts.margin_form)
+        else:
+            m = self.opts.alpha_base * margin_shape(beta, self.opts.margin_form)
+        self.margins = torch.where(self.pace.counts.max() > 0, m, 0.0)
+
+    def after_losses(self, index, probs_w):
+        if self.opts.margin_timing == "before":
+            old_pace_update(self.pace, index, probs_w)
+
+    def pseudo_label(self, probs_w):
+        return probs_w.argmax(dim=1)
+
+    def mask(self, probs_w):
+        return (probs_w.max(dim=1).values >= self.cfg.threshold).float()
+
+    def weight(self, probs_w, probs_aux, mask):
+        if self.opts.smoothing_on_main:
+            psi = probs_w.max(dim=1).values
+        elif self.uses_aux:
+            psi = probs_aux.max(dim=1).values
+        else:
+            return mask
+        return psi * (psi >= self.opts.weight_floor)
+
+    def supervised_loss(self, heads, fx, y, logs):
+        logits = heads.main(fx).float()
+        if self.opts.bms_supervised:
+            logits = old_apply_margins(logits, y, self.margins)
+        loss = F.cross_entropy(logits, y)
+        logs["loss_x"] = loss.detach()
+        if self.uses_aux:
+            aux = F.cross_entropy(heads.aux(self._aux_in(fx)).float(), y)
+            logs["loss_x_aux"] = aux.detach()
+            loss = loss + aux
+        return loss
+
+    def unlabeled_loss(self, heads, u, pl, mask, weight, logs):
+        pl2, mask2, weight2 = self._repeat(pl), self._repeat(mask), self._repeat(weight)
+        logits = old_apply_margins(heads.main(self._views(u, 0)).float(), pl2, self.margins)
+        smooth = smoothed_targets(pl2, self.num_classes, self.opts.smoothing, self.opts.smoothing_form)
+        if self.opts.smoothing_on_main:
+            per_sample = soft_cross_entropy(logits, smooth)
+        else:
+            per_sample = F.cross_entropy(logits, pl2, reduction="none")
+        loss = self.opts.gamma * (per_sample * weight2).mean()
+        logs["loss_u"] = loss.detach()
+        logs["alpha_t"] = self.margins.max()
+        if self.uses_aux:
+            per = soft_cross_entropy(heads.aux(self._aux_in(self._views(u, 1))), smooth)
+            if self.opts.aux_mean == "batch":
+                aux = (per * mask2).mean()
+            else:
+                keep = mask2 > 0
+                aux = torch.where(keep, per, 0.0).sum() / keep.sum().clamp_min(1)
+            logs["loss_u_aux"] = aux.detach()
+            loss = loss + aux
+        return loss
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def experiment():
+    return build_experiment(resolve("embedded", sets=SMALL), progress=False)
+
+
+def run_steps(cfg, exp, steps=8, old=False):
+    """``steps`` trainer steps (every third batch with repeated unlabeled samples), with :class:`OldFineSSL` if
+    ``old``; returns the trained parameters, the algorithm state, every step's logs and the trainer."""
+    t = Trainer(cfg, None, experiment=exp, progress=False)
+    if old:
+        a = t.algorithm
+        t.algorithm = OldFineSSL(cfg.algorithm, a.num_classes, a.num_unlabeled, a.device)
+    t.algorithm.on_epoch_start(0)
+    logs = []
+    for i, batch in enumerate(itertools.islice(t.exp.batches(0, steps), steps)):
+        if i % 3 == 2:  # a sample twice in a batch
+            batch.u_index[1::4] = batch.u_index[0::4].clone()
+        record = t._train_step(batch)
+        t._call_hooks("on_step", record)
+        t.step += 1
+        logs.append({k: v.clone() for k, v in record.logs.items()})
+    params = {n: p.detach().clone() for n, p in t.exp.model.named_parameters() if p.requires_grad}
+    return params, t.algorithm.state_dict(), logs, t
+
+
+def assert_same_bits(a, b, where=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            assert_same_bits(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_bits(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), \
+            f"{where}: differs by {(a.double() - b.double()).abs().max().item()}"
+    else:
+        assert a == b, where
+
+
+VARIANTS = {
+    "official": [],
+    "write-all, after": ["algorithm.finessl.pace_write=all", "algorithm.finessl.margin_timing=after"],
+    "paper forms, fixed alpha": ["algorithm.finessl.margin_form=paper", "algorithm.finessl.smoothing_form=paper",
+                                 "algorithm.finessl.dynamic_alpha=false"],
+    "floor, batch mean, split": ["algorithm.finessl.weight_floor=0.3", "algorithm.finessl.aux_mean=batch",
+                                 "algorithm.finessl.strong_views=split"],
+    "smoothing on main": ["algorithm.finessl.smoothing_on_main=true", "algorithm.finessl.bms_supervised=false"],
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_lean_step_gives_the_bits_of_the_forms_it_replaced(experiment, variant):
+    cfg = resolve("embedded", sets=SMALL + VARIANTS[variant])
+    new, old = run_steps(cfg, experiment)[:3], run_steps(cfg, experiment, old=True)[:3]
+    assert_same_bits(new, old)
+    assert int(new[1]["pace"]["counts"].sum()) > 0  # the pace (and so the margins) took part
+
+
+# golden values: this file's run_steps(resolve("embedded", sets=SMALL), experiment, steps=8), verbatim in a script
+# run with PYTHONPATH=<`git archive c21035b finessl_lab`> (the code before the change) on the 2-core dev machine,
+# 2026-11-24; the code after the change printed the same digits there
+GOLDEN_COUNTS = [19, 16, 11, 14, 22, 33, 21, 19, 32, 13]
+GOLDEN_SLOTS_SUM = 965
+GOLDEN_LOSS_X = [0.6155836582183838, 1.349905252456665, 0.4555838704109192, 0.2725437879562378, 0.07397693395614624,
+                 0.10120163857936859, 0.0006153490976430476, 0.3661426603794098]
+GOLDEN_WEIGHT_SUM = 90.63688607175344
+
+
+def test_golden_values_recorded_before_the_change(experiment):
+    params, state, logs, _ = run_steps(resolve("embedded", sets=SMALL), experiment)
+    assert state["pace"]["counts"].tolist() == GOLDEN_COUNTS
+    assert int(state["pace"]["slots"].sum()) == GOLDEN_SLOTS_SUM
+    # floats: the same bits on the machine that recorded them; a tolerance for other CPUs' matmul kernels
+    assert [float(r["loss_x"]) for r in logs] == pytest.approx(GOLDEN_LOSS_X, rel=1e-5)
+    assert float(params["main.weight"].double().sum()) == pytest.approx(GOLDEN_WEIGHT_SUM, rel=1e-5)
+
+
+# -- the pieces ---------------------------------------------------------------------------------------------------
+def test_margin_table_adds_the_bits_of_apply_margins():
+    g = torch.Generator().manual_seed(0)
+    for c in (2, 3, 10):
+        logits = torch.randn(50, c, generator=g) * 5
+        logits[0, 0] = -0.0
+        targets = torch.randint(0, c, (50,), generator=g)
+        beta = torch.rand(c, generator=g)
+        for margins in (balanced_margins(beta, 8.0), torch.zeros(c), balanced_margins(beta, 8.0, "paper")):
+            assert_same_bits(apply_margin_table(logits, targets, margin_table(margins)),
+                             apply_margins(logits, targets, margins))
+            assert_same_bits(apply_margins(logits, targets, margins), old_apply_margins(logits, targets, margins))
+
+
+@pytest.mark.parametrize("write", ["confident", "all"])
+@pytest.mark.parametrize("pairwise_max", [LearningPace.PAIRWISE_MAX, 0])  # 0: every batch takes the sorting path
+def test_pace_update_equals_the_sort_based_form_with_repeated_samples(write, pairwise_max, monkeypatch):
+    monkeypatch.setattr(LearningPace, "PAIRWISE_MAX", pairwise_max)
+    rnd = random.Random(1)
+    g = torch.Generator().manual_seed(1)
+    new, old = LearningPace(11, 4, 0.5, write=write), LearningPace(11, 4, 0.5, write=write)
+    for step in range(60):
+        b = rnd.choice([1, 2, 5, 16, 40])
+        index = torch.tensor([rnd.randrange(11) for _ in range(b)])
+        probs = torch.softmax(2 * torch.randn(b, 4, generator=g), 1)
+        if step % 2:
+            new.update(index, probs, probs.max(dim=1))
+        else:
+            new.update(index, probs)
+        old_pace_update(old, index, probs)
+        assert_same_bits(new._slots, old._slots, f"step {step}")
+        assert_same_bits(new.counts, old.counts, f"step {step}")
+
+
+def test_masked_mean_takes_a_boolean_mask_as_its_float_form():
+    v = torch.tensor([1.0, float("nan"), 3.0, 4.0])
+    keep = torch.tensor([True, False, True, False])
+    assert_same_bits(masked_mean(v, keep), masked_mean(v, keep.float()))
+    assert float(masked_mean(v, torch.zeros(4, dtype=torch.bool))) == 0.0
+
+
+def test_step_logs_sum_to_the_values_of_each_step(experiment):
+    cfg = resolve("embedded", sets=SMALL)
+    _, _, logs, t = run_steps(cfg, experiment, steps=5)
+    sums, n, bad = t._logs.read()
+    assert n == 5 and bad is None
+    for k in ("loss_x", "loss_u", "loss_u_aux", "alpha_t", "mask_ratio"):
+        assert sums[k] == sum(float(r[k]) for r in logs)  # the same fp32 values summed in the same order
