@@ -317,6 +317,83 @@ class StackedRuns:
         return out
 
 
+# config keys that build a different experiment even when the runs may stack: none of these may differ for the
+# runs to share one data set, backbone and feature cache (the seed only changes the split and the heads' init)
+_SHARED_BUILD_FREE = ("run.seed", "optim.", "algorithm.", "run.epochs", "run.steps_per_epoch", "run.max_steps",
+                      "run.checkpoint_every", "run.nan_policy", "run.record", "run.tensorboard", "run.progress")
+
+
+def _shares_build(base, cfg) -> bool:
+    """Can ``cfg``'s experiment reuse ``base``'s data set and feature cache? Only head-level runs whose backbone
+    does not depend on the seed (not scratch_cnn) and whose heads need no text prototypes."""
+    from .config import diff
+    from .models.backbones import SCRATCH_CNN
+
+    c = base.cfg
+    return (base.features is not None and base.model.backbone is None and c.run.feature_cache
+            and c.model.peft == "linear" and c.model.backbone != SCRATCH_CNN
+            and c.model.head_init not in ("prototype", "text")
+            and not [k for k in diff(c, cfg.validate().resolved()) if not k.startswith(_SHARED_BUILD_FREE)])
+
+
+def _sibling_experiment(base, cfg):
+    """``build_experiment(cfg)`` for a head-level run that differs from ``base``'s only in seed / scalars
+    (:func:`_shares_build`): the data set, the feature cache and the test sets are ``base``'s (not loaded again);
+    the split, the batches and the heads are built from ``cfg``'s seed exactly as build.py builds them."""
+    from .build import EvalSet, Experiment, _needs_unlabeled_pass, unlabeled_batch_size
+    from .data.batches import FeatureBatches, SplitView
+    from .data.settings import make_setting_split
+    from .device import weight_dtype
+    from .io import cache_dir
+    from .models import build_model
+
+    cfg = cfg.validate().resolved()
+    from .algorithms import REGISTRY
+
+    uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
+    bundle, feats, device = base.bundle, base.features, base.device
+    split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed,
+                               cache_dir(cfg.run.cache_dir), bundle.key, given=bundle.split)
+    targets = np.asarray(bundle.train.targets)
+    ood = getattr(split, "ood", None)
+    view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
+                     ood=np.zeros(len(targets), dtype=bool) if ood is None else ood,
+                     batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
+                     seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
+                     steps_per_epoch=cfg.run.steps_per_epoch)
+    view.labeled_step(0)
+    clean = feats["train_clean"].float()
+    n_out = base.num_classes
+    model = build_model(cfg.model, n_out, bundle.classes[:n_out], feature_dim=clean.shape[1], text_prototypes=None,
+                        labeled_features=clean[split.labeled],
+                        labeled_targets=torch.as_tensor(targets[split.labeled], dtype=torch.long),
+                        generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(base.precision))
+    source = FeatureBatches(feats["weak"], feats["strong"], view, device)
+    batches = lambda first, total: (source[s] for s in range(first, total))  # noqa: E731
+    evals = {name: s for name, s in base.eval_sets.items() if name != "val"}  # the test sets: the seed's not in them
+    if len(split.val):
+        evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
+    unl = (EvalSet(clean[split.unlabeled], torch.as_tensor(targets[split.unlabeled]))
+           if _needs_unlabeled_pass(cfg) else None)
+    return Experiment(cfg, device, base.precision, bundle, split, view, model, batches, evals, base.feature_path,
+                      transforms=base.transforms, features=feats, unlabeled_eval=unl)
+
+
+def build_experiments(cfgs: list, progress: bool = True) -> list:
+    """The Experiments of ``cfgs``: the first built by build.py; each other one that differs from it only in seed
+    or scalar hyper-parameters reuses its data set, feature cache and test sets (:func:`_sibling_experiment`),
+    any other is built on its own."""
+    from .algorithms import REGISTRY
+    from .build import build_experiment
+
+    exps: list = []
+    for c in cfgs:
+        base = next((e for e in exps if _shares_build(e, c)), None)
+        exps.append(_sibling_experiment(base, c) if base is not None else
+                    build_experiment(c, uses_unlabeled=REGISTRY[c.algorithm.name].uses_unlabeled, progress=progress))
+    return exps
+
+
 def train_stacked(cfgs: list, out_dirs: list | None = None, progress: bool | None = None,
                   overwrite: bool = False) -> list[dict]:
     """Train the runs of ``cfgs`` (head-level, differing only in seed / scalar hyper-parameters) together;
@@ -324,5 +401,7 @@ def train_stacked(cfgs: list, out_dirs: list | None = None, progress: bool | Non
     out_dirs = out_dirs if out_dirs is not None else [None] * len(cfgs)
     if len(out_dirs) != len(cfgs):
         raise UserError(f"out_dirs has {len(out_dirs)} entries for {len(cfgs)} configs; valid: one per config")
-    trainers = [Trainer(c, d, progress=progress, overwrite=overwrite) for c, d in zip(cfgs, out_dirs)]
+    exps = build_experiments(cfgs, progress=bool(progress if progress is not None else cfgs[0].run.progress))
+    trainers = [Trainer(c, d, progress=progress, overwrite=overwrite, experiment=e)
+                for c, d, e in zip(cfgs, out_dirs, exps)]
     return StackedRuns(trainers).fit()
