@@ -149,10 +149,41 @@ class StackedRuns:
         groups: dict = {}
         for k, t in enumerate(trainers):
             groups.setdefault(repr(t.cfg.algorithm), []).append(k)
-        self.groups = list(groups.values())
+        self.groups = list(groups.values())  # (groups of 1, 3 or 5 of 9 runs measured slower: dispatch counts)
         self.state_paths = type(trainers[0].algorithm).stack_state
         self.state: list[dict[str, Tensor]] = [{} for _ in self.groups]
         self._state_in()
+        self.bank, self.row_sources = self._shared_bank()
+
+    # -- the shared feature bank -------------------------------------------------------------------------
+    _BANK_LIMIT = 2 << 30  # bytes of the fp32 bank; larger banks are gathered per run and normalised per step
+
+    def _shared_bank(self):
+        """When all runs read one feature cache: the weak and strong views as one fp32 bank [rows, D], unit rows
+        for cosine heads (normalised once here, by CosineHead's own op, instead of every step), and per run a
+        FeatureBatches over a bank of *row numbers*, so each run draws exactly the rows (and labels, indices) its
+        own FeatureBatches draws; a step then gathers all runs' rows straight into one [K, n, D] tensor.
+        (None, None) otherwise."""
+        from .data.batches import FeatureBatches
+
+        exps = [t.exp for t in self.trainers]
+        feats = exps[0].features
+        if feats is None or any(e.features is not feats for e in exps):
+            return None, None
+        weak, strong = feats["weak"], feats["strong"]
+        rows = weak.shape[0] * weak.shape[1] + strong.shape[0] * strong.shape[1]
+        if rows >= 2 ** 24 or rows * weak.shape[-1] * 4 > self._BANK_LIMIT:  # row numbers must be exact in fp32
+            return None, None
+        dev = exps[0].device
+        bank = torch.cat([weak.reshape(-1, weak.shape[-1]), strong.reshape(-1, strong.shape[-1])]).to(dev).float()
+        model = exps[0].model
+        if all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux")):
+            bank = torch.nn.functional.normalize(bank, dim=-1)
+        ids = torch.arange(rows, dtype=torch.float32)
+        n_weak = weak.shape[0] * weak.shape[1]
+        wid = ids[:n_weak].view(weak.shape[0], weak.shape[1], 1)
+        sid = ids[n_weak:].view(strong.shape[0], strong.shape[1], 1)
+        return bank, [FeatureBatches(wid, sid, e.split_view, torch.device("cpu")) for e in exps]
 
     # -- algorithm state: per-run attributes <-> stacked tensors -----------------------------------------
     def _state_in(self) -> None:
@@ -176,11 +207,17 @@ class StackedRuns:
                  for h, ts in self.heads.items()}
         bs = [batches[k] for k in runs]
         cosine = all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux"))
-        unit = (lambda t: torch.nn.functional.normalize(t.float(), dim=-1)) if cosine else (lambda t: t)
-        x = unit(torch.stack([b.x for b in bs]))
+        if self.bank is not None:  # the batches hold row numbers of the bank (its rows already unit for cosine)
+            def views(f):
+                ids = torch.stack([getattr(b, f) for b in bs]).squeeze(-1).to(self.bank.device, torch.long)
+                return self.bank.index_select(0, ids.reshape(-1)).view(*ids.shape, self.bank.shape[-1])
+        else:
+            unit = (lambda t: torch.nn.functional.normalize(t.float(), dim=-1)) if cosine else (lambda t: t)
+            views = lambda f: unit(torch.stack([getattr(b, f) for b in bs]))  # noqa: E731
+        x = views("x")
         y = torch.stack([b.y for b in bs])
         has_u = bs[0].u_weak is not None and alg.uses_unlabeled
-        u = [unit(torch.stack([getattr(b, f) for b in bs])) for f in ("u_weak", "u_strong1", "u_strong2")] + \
+        u = [views(f) for f in ("u_weak", "u_strong1", "u_strong2")] + \
             [torch.stack([b.u_index for b in bs])] if has_u else [None] * 4
         if cosine:  # features and weights normalised once per step for all runs (CosineHead's own ops)
             heads = {h: _unit_head(getattr(model, h), ts) for h, ts in heads.items()}
@@ -205,14 +242,16 @@ class StackedRuns:
 
     def _step(self, batches: list) -> Tensor:
         losses = []
+        for ts in self.heads.values():
+            for t in ts.values():
+                t.grad = None
         for g, runs in enumerate(self.groups):
             loss, logs, extra = self._group_step(g, runs, batches)
             losses.append(loss.sum())
             self._pending.append((runs, loss, logs, extra))
-        for ts in self.heads.values():
-            for t in ts.values():
-                t.grad = None
-        torch.stack(losses).sum().backward()  # d(sum of the runs' losses)/d(run k's head) = d(loss_k)/d(head_k)
+            # backward per group, while its features are still in cache; the groups' runs are disjoint, so the
+            # accumulated gradient of run k's head is d(loss_k)/d(head_k) (plus exact zeros from other groups)
+            losses[-1].backward()
         for h, ts in self.heads.items():
             for name, t in ts.items():
                 if t.grad is None:
@@ -256,7 +295,8 @@ class StackedRuns:
             if t.out is not None:
                 io.write_text(t.out / CONFIG, t.cfg.to_yaml())
             t._call_hooks("on_train_start", t)
-        iters = [iter(t.exp.batches(0, total)) for t in ts]
+        iters = [iter(t.exp.batches(0, total)) for t in ts] if self.row_sources is None else \
+            [map(src.__getitem__, range(total)) for src in self.row_sources]
         flag: dict = {}
         t0 = time.perf_counter()
         progress = any(t.progress for t in ts)
