@@ -175,10 +175,11 @@ class StackedRuns:
         if rows >= 2 ** 24 or rows * weak.shape[-1] * 4 > self._BANK_LIMIT:  # row numbers must be exact in fp32
             return None, None
         dev = exps[0].device
-        bank = torch.cat([weak.reshape(-1, weak.shape[-1]), strong.reshape(-1, strong.shape[-1])]).to(dev).float()
-        model = exps[0].model
-        if all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux")):
-            bank = torch.nn.functional.normalize(bank, dim=-1)
+        with _intra_op_threads(1 if dev.type == "cpu" else None):  # as the sequential step normalises its rows
+            bank = torch.cat([weak.reshape(-1, weak.shape[-1]), strong.reshape(-1, strong.shape[-1])]).to(dev).float()
+            model = exps[0].model
+            if all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux")):
+                bank = torch.nn.functional.normalize(bank, dim=-1)
         ids = torch.arange(rows, dtype=torch.float32)
         n_weak = weak.shape[0] * weak.shape[1]
         wid = ids[:n_weak].view(weak.shape[0], weak.shape[1], 1)
@@ -429,8 +430,15 @@ def build_experiments(cfgs: list, progress: bool = True) -> list:
     exps: list = []
     for c in cfgs:
         base = next((e for e in exps if _shares_build(e, c)), None)
-        exps.append(_sibling_experiment(base, c) if base is not None else
-                    build_experiment(c, uses_unlabeled=REGISTRY[c.algorithm.name].uses_unlabeled, progress=progress))
+        if base is None:
+            exps.append(build_experiment(c, uses_unlabeled=REGISTRY[c.algorithm.name].uses_unlabeled,
+                                         progress=progress))
+            continue
+        # a sibling's build is a few small row-wise ops (split, class means of the labeled rows, head init): one
+        # intra-op thread, as the training step uses (2 threads were 7-10x slower on the busy 2-core machine);
+        # tests/test_stacked.py checks that its heads, split and batches equal build_experiment's bit for bit
+        with _intra_op_threads(1 if base.device.type == "cpu" else None):
+            exps.append(_sibling_experiment(base, c))
     return exps
 
 
