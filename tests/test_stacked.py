@@ -47,9 +47,13 @@ def test_stacked_runs_equal_sequential_runs(tmp_path, algorithm):
         assert a["step"] == b["step"] and a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
 
 
-def test_runs_differing_in_algorithm_scalars_equal_sequential_runs(tmp_path):
+@pytest.mark.parametrize("bank", [True, False])
+def test_runs_differing_in_algorithm_scalars_equal_sequential_runs(tmp_path, monkeypatch, bank):
     """lambda (smoothing), zeta and gamma differ: separate vmapped groups over one shared bank, still the
-    sequential results (same seed for two of them, so they also share the split and the initial heads)."""
+    sequential results (same seed for two of them, so they also share the split and the initial heads).
+    bank=False: the path for banks too large to hold in fp32 (each run's rows gathered and normalised per step)."""
+    if not bank:
+        monkeypatch.setattr(StackedRuns, "_BANK_LIMIT", 0)
     base = SMALL + ["algorithm.name=finessl"]
     cfgs = [resolve("embedded", sets=base + ["run.seed=1", "algorithm.finessl.smoothing=0.2"]),
             resolve("embedded", sets=base + ["run.seed=1", "algorithm.finessl.zeta=0.5"]),
