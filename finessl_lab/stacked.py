@@ -113,6 +113,44 @@ class _Unit(nn.Module):
         return self.scale * (x @ self.w.t())
 
 
+def _storage_key(x: Tensor) -> tuple:
+    """Where ``x``'s rows live (its unbatched tensor inside vmap): ``f`` and ``f.detach()`` share the key."""
+    from torch._C._functorch import get_unwrapped, is_batchedtensor
+
+    while is_batchedtensor(x):
+        x = get_unwrapped(x)
+    return x.data_ptr(), tuple(x.shape), x.stride()
+
+
+class _UnitPair:
+    """The main and aux cosine heads on unit rows, one product per input for both: ``x @ [W_main; W_aux].T``
+    (the algorithm calls both heads on the same views: weak, strong, labeled; the input is read once, and the
+    backward is one product too). Columns equal the separate products (a product's columns do not depend on
+    the other columns); the gradient of each head's rows is its own (the features are constants)."""
+
+    def __init__(self, main_t: tuple[Tensor, Tensor], aux_t: tuple[Tensor, Tensor]):
+        (wm, sm), (wa, sa) = main_t, aux_t
+        self.w, self.c, self.scales = torch.cat([wm, wa]), wm.shape[0], (sm, sa)
+        self.cache: dict = {}
+
+    def logits(self, x: Tensor, which: int) -> Tensor:
+        key = (_storage_key(x), torch.is_grad_enabled())
+        hit = self.cache.get(key)
+        if hit is None:  # holding x keeps its memory (and so the key) from being reused within the step
+            hit = self.cache[key] = (x, x @ self.w.t())
+        y = hit[1]
+        return self.scales[which] * (y[..., :self.c] if which == 0 else y[..., self.c:])
+
+
+class _PairHead(nn.Module):
+    def __init__(self, pair: _UnitPair, which: int):
+        super().__init__()
+        self.pair, self.which = pair, which
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pair.logits(x, self.which)
+
+
 def _unit_head(head: nn.Module, tensors: dict) -> tuple[Tensor, Tensor]:
     """[K, C, D] unit rows and [K] scales of stacked CosineHead tensors, as CosineHead.normalised computes them."""
     w = torch.nn.functional.normalize(tensors["weight"].float(), dim=-1)
@@ -161,6 +199,7 @@ class StackedRuns:
         self.bank, self.row_sources = self._shared_bank()
 
     # -- the shared feature bank -------------------------------------------------------------------------
+    pair_heads = True  # main and aux heads share one product per input (_UnitPair); False: one product each
     _BANK_LIMIT = 2 << 30  # bytes of the fp32 bank; larger banks are gathered per run and normalised per step
 
     def _shared_bank(self):
@@ -228,11 +267,18 @@ class StackedRuns:
         if cosine:  # features and weights normalised once per step for all runs (CosineHead's own ops)
             heads = {h: _unit_head(getattr(model, h), ts) for h, ts in heads.items()}
 
+        pair = getattr(alg, "uses_aux", False) and self.pair_heads  # an unused aux head: no product for it
+
         def one(main_t, aux_t, state, x, y, uw, us1, us2, uidx):
             for p in paths:
                 _set(alg, p, state[p])
-            hs = Heads(_Unit(*main_t), _Unit(*aux_t)) if cosine else \
-                Heads(_Bound(model.main, main_t), _Bound(model.aux, aux_t))
+            if cosine and pair:
+                both = _UnitPair(main_t, aux_t)
+                hs = Heads(_PairHead(both, 0), _PairHead(both, 1))
+            elif cosine:
+                hs = Heads(_Unit(*main_t), _Unit(*aux_t))
+            else:
+                hs = Heads(_Bound(model.main, main_t), _Bound(model.aux, aux_t))
             out = alg.step(hs, x, y, UnlabeledViews(uw, [us1, us2]) if uw is not None else None, uidx)
             extra = {k: v for k, v in (("probs_main", out.probs_main), ("probs_aux", out.probs_aux),
                                       ("pseudo_label", out.pseudo_label), ("mask", out.mask),

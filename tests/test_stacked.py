@@ -136,3 +136,38 @@ def test_compare_stack_gives_the_sequential_table(tmp_path):
     pd.testing.assert_frame_equal(seq, st)
     again = compare(cfg, ["fixmatch", "finessl"], [1, 2], tmp_path / "st", progress=False, stack=True)  # reused
     pd.testing.assert_frame_equal(st, again)
+
+
+def test_paired_heads_equal_separate_heads_with_one_product_per_input():
+    """_UnitPair computes the main and aux cosine heads of a view with one product x @ [W_main; W_aux].T (under
+    vmap, x and x.detach() share it): logits and gradients equal those of separate heads."""
+    from torch.func import vmap
+
+    from finessl_lab.stacked import _Unit, _UnitPair
+
+    g = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+    x, wm, wa = unit(3, 7, 16), unit(3, 5, 16), unit(3, 5, 16)
+    sm, sa = torch.tensor([2.0, 3.0, 4.0]), torch.tensor([5.0, 6.0, 7.0])
+    products = []
+
+    def run(paired):
+        w1, w2 = wm.clone().requires_grad_(), wa.clone().requires_grad_()
+
+        def one(w1, w2, sm, sa, x):
+            if paired:
+                p = _UnitPair((w1, sm), (w2, sa))
+                main, aux = (lambda f: p.logits(f, 0)), (lambda f: p.logits(f, 1))
+            else:
+                main, aux = _Unit(w1, sm), _Unit(w2, sa)
+            out = main(x).logsumexp(-1).sum() + 2 * aux(x.detach()).logsumexp(-1).sum()
+            if paired:
+                products.append(len(p.cache))
+            return out
+
+        loss = vmap(one)(w1, w2, sm, sa, x)
+        return (loss, *torch.autograd.grad(loss.sum(), [w1, w2]))
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert products == [1]
