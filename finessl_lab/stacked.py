@@ -114,9 +114,12 @@ class _Unit(nn.Module):
 
 
 def _storage_key(x: Tensor) -> tuple:
-    """Where ``x``'s rows live (its unbatched tensor inside vmap): ``f`` and ``f.detach()`` share the key."""
-    from torch._C._functorch import get_unwrapped, is_batchedtensor
-
+    """Where ``x``'s rows live (its unbatched tensor inside vmap): ``f`` and ``f.detach()`` share the key (without
+    functorch's unwrapping, each tensor object is its own key: still correct, one product more per detached view)."""
+    try:
+        from torch._C._functorch import get_unwrapped, is_batchedtensor
+    except ImportError:  # pragma: no cover (torch without these internals)
+        return ("object", id(x))
     while is_batchedtensor(x):
         x = get_unwrapped(x)
     return x.data_ptr(), tuple(x.shape), x.stride()
@@ -432,6 +435,7 @@ def _sibling_experiment(base, cfg):
     """``build_experiment(cfg)`` for a head-level run that differs from ``base``'s only in seed / scalars
     (:func:`_shares_build`): the data set, the feature cache and the test sets are ``base``'s (not loaded again);
     the split, the batches and the heads are built from ``cfg``'s seed exactly as build.py builds them."""
+    from .algorithms import REGISTRY
     from .build import EvalSet, Experiment, _needs_unlabeled_pass, unlabeled_batch_size
     from .data.batches import FeatureBatches, SplitView
     from .data.settings import make_setting_split
@@ -440,8 +444,6 @@ def _sibling_experiment(base, cfg):
     from .models import build_model
 
     cfg = cfg.validate().resolved()
-    from .algorithms import REGISTRY
-
     uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
     bundle, feats, device = base.bundle, base.features, base.device
     split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed,
