@@ -92,7 +92,7 @@ def _run_stacked(todo: list, progress: bool | None) -> dict:
     """``compare(stack=True)``: the fresh runs of each algorithm train together (finessl_lab/stacked.py) when they
     can; the others (resumed runs, algorithms without ``stack_state``, image mode) are left to the caller.
     {index: summary} of the stacked ones."""
-    from .stacked import StackedRuns, stackable
+    from .stacked import StackedRuns, build_experiments, stackable
     from .trainer import Trainer
 
     groups: dict = {}
@@ -103,7 +103,8 @@ def _run_stacked(todo: list, progress: bool | None) -> dict:
     for runs in groups.values():
         if len(runs) < 2:
             continue
-        trainers = [Trainer(c, d, progress=False, overwrite=True) for _, c, d in runs]
+        exps = build_experiments([c for _, c, _ in runs], progress=False)  # data and feature cache loaded once
+        trainers = [Trainer(c, d, progress=False, overwrite=True, experiment=e) for (_, c, d), e in zip(runs, exps)]
         if stackable(trainers) is not None:
             continue
         for (i, _, _), summary in zip(runs, StackedRuns(trainers).fit()):

@@ -7,6 +7,11 @@ those dispatches: their heads are stacked into [K, ...] tensors and the algorith
 
   * each run is a normal :class:`~finessl_lab.trainer.Trainer` (its own Experiment: split, batches, head init from
     its seed), so its initial weights and its sampling stream are exactly those of a sequential run;
+    :func:`build_experiments` loads the data set, backbone and feature cache once for all of them (a run's own
+    build is mostly that: ~0.25 s of a 0.4 s short run) and builds each run's split and heads from its seed;
+  * all runs read one bank of the cached views in fp32, unit rows for cosine heads (normalised once instead of
+    every step); each run draws its rows by row number with a FeatureBatches of its own split view, and a step
+    gathers every run's rows straight into one [K, n, D] tensor (no per-run gather, stack or normalisation);
   * the algorithm's tensor state (``Algorithm.stack_state``: FineSSL's pace slots, class counts and margins) is
     stacked per run; runs whose algorithm options differ are vmapped in separate groups (one call each);
   * each run's own SGD and lr schedule step its own parameters (which are views of the stacked tensors), so lr,
@@ -15,7 +20,7 @@ those dispatches: their heads are stacked into [K, ...] tensors and the algorith
     Trainer: a stacked run directory is a normal run directory (``load_run``, ``--resume``).
 
 Results equal sequential runs up to float rounding of the batched matrix products (tests/test_stacked.py: the
-same test accuracy, losses within 1e-5). Stacking needs feature-cache mode with linear heads (no backbone), fp32,
+same test accuracy, losses within 1e-5; the shared build and the bank's rows are bit-identical to each run's own). Stacking needs feature-cache mode with linear heads (no backbone), fp32,
 and an algorithm that declares its ``stack_state`` (supervised, fixmatch, finessl); :func:`stackable` says why
 not otherwise.
 """
@@ -108,6 +113,47 @@ class _Unit(nn.Module):
         return self.scale * (x @ self.w.t())
 
 
+def _storage_key(x: Tensor) -> tuple:
+    """Where ``x``'s rows live (its unbatched tensor inside vmap): ``f`` and ``f.detach()`` share the key (without
+    functorch's unwrapping, each tensor object is its own key: still correct, one product more per detached view)."""
+    try:
+        from torch._C._functorch import get_unwrapped, is_batchedtensor
+    except ImportError:  # pragma: no cover (torch without these internals)
+        return ("object", id(x))
+    while is_batchedtensor(x):
+        x = get_unwrapped(x)
+    return x.data_ptr(), tuple(x.shape), x.stride()
+
+
+class _UnitPair:
+    """The main and aux cosine heads on unit rows, one product per input for both: ``x @ [W_main; W_aux].T``
+    (the algorithm calls both heads on the same views: weak, strong, labeled; the input is read once, and the
+    backward is one product too). Columns equal the separate products (a product's columns do not depend on
+    the other columns); the gradient of each head's rows is its own (the features are constants)."""
+
+    def __init__(self, main_t: tuple[Tensor, Tensor], aux_t: tuple[Tensor, Tensor]):
+        (wm, sm), (wa, sa) = main_t, aux_t
+        self.w, self.c, self.scales = torch.cat([wm, wa]), wm.shape[0], (sm, sa)
+        self.cache: dict = {}
+
+    def logits(self, x: Tensor, which: int) -> Tensor:
+        key = (_storage_key(x), torch.is_grad_enabled())
+        hit = self.cache.get(key)
+        if hit is None:  # holding x keeps its memory (and so the key) from being reused within the step
+            hit = self.cache[key] = (x, x @ self.w.t())
+        y = hit[1]
+        return self.scales[which] * (y[..., :self.c] if which == 0 else y[..., self.c:])
+
+
+class _PairHead(nn.Module):
+    def __init__(self, pair: _UnitPair, which: int):
+        super().__init__()
+        self.pair, self.which = pair, which
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pair.logits(x, self.which)
+
+
 def _unit_head(head: nn.Module, tensors: dict) -> tuple[Tensor, Tensor]:
     """[K, C, D] unit rows and [K] scales of stacked CosineHead tensors, as CosineHead.normalised computes them."""
     w = torch.nn.functional.normalize(tensors["weight"].float(), dim=-1)
@@ -149,10 +195,43 @@ class StackedRuns:
         groups: dict = {}
         for k, t in enumerate(trainers):
             groups.setdefault(repr(t.cfg.algorithm), []).append(k)
-        self.groups = list(groups.values())
+        self.groups = list(groups.values())  # (groups of 1, 3 or 5 of 9 runs measured slower: dispatch counts)
         self.state_paths = type(trainers[0].algorithm).stack_state
         self.state: list[dict[str, Tensor]] = [{} for _ in self.groups]
         self._state_in()
+        self.bank, self.row_sources = self._shared_bank()
+
+    # -- the shared feature bank -------------------------------------------------------------------------
+    pair_heads = True  # main and aux heads share one product per input (_UnitPair); False: one product each
+    _BANK_LIMIT = 2 << 30  # bytes of the fp32 bank; larger banks are gathered per run and normalised per step
+
+    def _shared_bank(self):
+        """When all runs read one feature cache: the weak and strong views as one fp32 bank [rows, D], unit rows
+        for cosine heads (normalised once here, by CosineHead's own op, instead of every step), and per run a
+        FeatureBatches over a bank of *row numbers*, so each run draws exactly the rows (and labels, indices) its
+        own FeatureBatches draws; a step then gathers all runs' rows straight into one [K, n, D] tensor.
+        (None, None) otherwise."""
+        from .data.batches import FeatureBatches
+
+        exps = [t.exp for t in self.trainers]
+        feats = exps[0].features
+        if feats is None or any(e.features is not feats for e in exps):
+            return None, None
+        weak, strong = feats["weak"], feats["strong"]
+        rows = weak.shape[0] * weak.shape[1] + strong.shape[0] * strong.shape[1]
+        if rows >= 2 ** 24 or rows * weak.shape[-1] * 4 > self._BANK_LIMIT:  # row numbers must be exact in fp32
+            return None, None
+        dev = exps[0].device
+        with _intra_op_threads(1 if dev.type == "cpu" else None):  # as the sequential step normalises its rows
+            bank = torch.cat([weak.reshape(-1, weak.shape[-1]), strong.reshape(-1, strong.shape[-1])]).to(dev).float()
+            model = exps[0].model
+            if all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux")):
+                bank = torch.nn.functional.normalize(bank, dim=-1)
+        ids = torch.arange(rows, dtype=torch.float32)
+        n_weak = weak.shape[0] * weak.shape[1]
+        wid = ids[:n_weak].view(weak.shape[0], weak.shape[1], 1)
+        sid = ids[n_weak:].view(strong.shape[0], strong.shape[1], 1)
+        return bank, [FeatureBatches(wid, sid, e.split_view, torch.device("cpu")) for e in exps]
 
     # -- algorithm state: per-run attributes <-> stacked tensors -----------------------------------------
     def _state_in(self) -> None:
@@ -176,20 +255,33 @@ class StackedRuns:
                  for h, ts in self.heads.items()}
         bs = [batches[k] for k in runs]
         cosine = all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux"))
-        unit = (lambda t: torch.nn.functional.normalize(t.float(), dim=-1)) if cosine else (lambda t: t)
-        x = unit(torch.stack([b.x for b in bs]))
+        if self.bank is not None:  # the batches hold row numbers of the bank (its rows already unit for cosine)
+            def views(f):
+                ids = torch.stack([getattr(b, f) for b in bs]).squeeze(-1).to(self.bank.device, torch.long)
+                return self.bank.index_select(0, ids.reshape(-1)).view(*ids.shape, self.bank.shape[-1])
+        else:
+            unit = (lambda t: torch.nn.functional.normalize(t.float(), dim=-1)) if cosine else (lambda t: t)
+            views = lambda f: unit(torch.stack([getattr(b, f) for b in bs]))  # noqa: E731
+        x = views("x")
         y = torch.stack([b.y for b in bs])
         has_u = bs[0].u_weak is not None and alg.uses_unlabeled
-        u = [unit(torch.stack([getattr(b, f) for b in bs])) for f in ("u_weak", "u_strong1", "u_strong2")] + \
+        u = [views(f) for f in ("u_weak", "u_strong1", "u_strong2")] + \
             [torch.stack([b.u_index for b in bs])] if has_u else [None] * 4
         if cosine:  # features and weights normalised once per step for all runs (CosineHead's own ops)
             heads = {h: _unit_head(getattr(model, h), ts) for h, ts in heads.items()}
 
+        pair = getattr(alg, "uses_aux", False) and self.pair_heads  # an unused aux head: no product for it
+
         def one(main_t, aux_t, state, x, y, uw, us1, us2, uidx):
             for p in paths:
                 _set(alg, p, state[p])
-            hs = Heads(_Unit(*main_t), _Unit(*aux_t)) if cosine else \
-                Heads(_Bound(model.main, main_t), _Bound(model.aux, aux_t))
+            if cosine and pair:
+                both = _UnitPair(main_t, aux_t)
+                hs = Heads(_PairHead(both, 0), _PairHead(both, 1))
+            elif cosine:
+                hs = Heads(_Unit(*main_t), _Unit(*aux_t))
+            else:
+                hs = Heads(_Bound(model.main, main_t), _Bound(model.aux, aux_t))
             out = alg.step(hs, x, y, UnlabeledViews(uw, [us1, us2]) if uw is not None else None, uidx)
             extra = {k: v for k, v in (("probs_main", out.probs_main), ("probs_aux", out.probs_aux),
                                       ("pseudo_label", out.pseudo_label), ("mask", out.mask),
@@ -205,14 +297,16 @@ class StackedRuns:
 
     def _step(self, batches: list) -> Tensor:
         losses = []
+        for ts in self.heads.values():
+            for t in ts.values():
+                t.grad = None
         for g, runs in enumerate(self.groups):
             loss, logs, extra = self._group_step(g, runs, batches)
             losses.append(loss.sum())
             self._pending.append((runs, loss, logs, extra))
-        for ts in self.heads.values():
-            for t in ts.values():
-                t.grad = None
-        torch.stack(losses).sum().backward()  # d(sum of the runs' losses)/d(run k's head) = d(loss_k)/d(head_k)
+            # backward per group, while its features are still in cache; the groups' runs are disjoint, so the
+            # accumulated gradient of run k's head is d(loss_k)/d(head_k) (plus exact zeros from other groups)
+            losses[-1].backward()
         for h, ts in self.heads.items():
             for name, t in ts.items():
                 if t.grad is None:
@@ -256,7 +350,8 @@ class StackedRuns:
             if t.out is not None:
                 io.write_text(t.out / CONFIG, t.cfg.to_yaml())
             t._call_hooks("on_train_start", t)
-        iters = [iter(t.exp.batches(0, total)) for t in ts]
+        iters = [iter(t.exp.batches(0, total)) for t in ts] if self.row_sources is None else \
+            [map(src.__getitem__, range(total)) for src in self.row_sources]
         flag: dict = {}
         t0 = time.perf_counter()
         progress = any(t.progress for t in ts)
@@ -317,6 +412,89 @@ class StackedRuns:
         return out
 
 
+# config keys that build a different experiment even when the runs may stack: none of these may differ for the
+# runs to share one data set, backbone and feature cache (the seed only changes the split and the heads' init)
+_SHARED_BUILD_FREE = ("run.seed", "optim.", "algorithm.", "run.epochs", "run.steps_per_epoch", "run.max_steps",
+                      "run.checkpoint_every", "run.nan_policy", "run.record", "run.tensorboard", "run.progress")
+
+
+def _shares_build(base, cfg) -> bool:
+    """Can ``cfg``'s experiment reuse ``base``'s data set and feature cache? Only head-level runs whose backbone
+    does not depend on the seed (not scratch_cnn) and whose heads need no text prototypes."""
+    from .config import diff
+    from .models.backbones import SCRATCH_CNN
+
+    c = base.cfg
+    return (base.features is not None and base.model.backbone is None and c.run.feature_cache
+            and c.model.peft == "linear" and c.model.backbone != SCRATCH_CNN
+            and c.model.head_init not in ("prototype", "text")
+            and not [k for k in diff(c, cfg.validate().resolved()) if not k.startswith(_SHARED_BUILD_FREE)])
+
+
+def _sibling_experiment(base, cfg):
+    """``build_experiment(cfg)`` for a head-level run that differs from ``base``'s only in seed / scalars
+    (:func:`_shares_build`): the data set, the feature cache and the test sets are ``base``'s (not loaded again);
+    the split, the batches and the heads are built from ``cfg``'s seed exactly as build.py builds them."""
+    from .algorithms import REGISTRY
+    from .build import EvalSet, Experiment, _needs_unlabeled_pass, unlabeled_batch_size
+    from .data.batches import FeatureBatches, SplitView
+    from .data.settings import make_setting_split
+    from .device import weight_dtype
+    from .io import cache_dir
+    from .models import build_model
+
+    cfg = cfg.validate().resolved()
+    uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
+    bundle, feats, device = base.bundle, base.features, base.device
+    split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed,
+                               cache_dir(cfg.run.cache_dir), bundle.key, given=bundle.split)
+    targets = np.asarray(bundle.train.targets)
+    ood = getattr(split, "ood", None)
+    view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
+                     ood=np.zeros(len(targets), dtype=bool) if ood is None else ood,
+                     batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
+                     seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
+                     steps_per_epoch=cfg.run.steps_per_epoch)
+    view.labeled_step(0)
+    clean = feats["train_clean"].float()
+    n_out = base.num_classes
+    model = build_model(cfg.model, n_out, bundle.classes[:n_out], feature_dim=clean.shape[1], text_prototypes=None,
+                        labeled_features=clean[split.labeled],
+                        labeled_targets=torch.as_tensor(targets[split.labeled], dtype=torch.long),
+                        generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(base.precision))
+    source = FeatureBatches(feats["weak"], feats["strong"], view, device)
+    batches = lambda first, total: (source[s] for s in range(first, total))  # noqa: E731
+    evals = {name: s for name, s in base.eval_sets.items() if name != "val"}  # the test sets: the seed's not in them
+    if len(split.val):
+        evals["val"] = EvalSet(clean[split.val].to(device), torch.as_tensor(targets[split.val]))
+    unl = (EvalSet(clean[split.unlabeled], torch.as_tensor(targets[split.unlabeled]))
+           if _needs_unlabeled_pass(cfg) else None)
+    return Experiment(cfg, device, base.precision, bundle, split, view, model, batches, evals, base.feature_path,
+                      transforms=base.transforms, features=feats, unlabeled_eval=unl)
+
+
+def build_experiments(cfgs: list, progress: bool = True) -> list:
+    """The Experiments of ``cfgs``: the first built by build.py; each other one that differs from it only in seed
+    or scalar hyper-parameters reuses its data set, feature cache and test sets (:func:`_sibling_experiment`),
+    any other is built on its own."""
+    from .algorithms import REGISTRY
+    from .build import build_experiment
+
+    exps: list = []
+    for c in cfgs:
+        base = next((e for e in exps if _shares_build(e, c)), None)
+        if base is None:
+            exps.append(build_experiment(c, uses_unlabeled=REGISTRY[c.algorithm.name].uses_unlabeled,
+                                         progress=progress))
+            continue
+        # a sibling's build is a few small row-wise ops (split, class means of the labeled rows, head init): one
+        # intra-op thread, as the training step uses (2 threads were 7-10x slower on the busy 2-core machine);
+        # tests/test_stacked.py checks that its heads, split and batches equal build_experiment's bit for bit
+        with _intra_op_threads(1 if base.device.type == "cpu" else None):
+            exps.append(_sibling_experiment(base, c))
+    return exps
+
+
 def train_stacked(cfgs: list, out_dirs: list | None = None, progress: bool | None = None,
                   overwrite: bool = False) -> list[dict]:
     """Train the runs of ``cfgs`` (head-level, differing only in seed / scalar hyper-parameters) together;
@@ -324,5 +502,7 @@ def train_stacked(cfgs: list, out_dirs: list | None = None, progress: bool | Non
     out_dirs = out_dirs if out_dirs is not None else [None] * len(cfgs)
     if len(out_dirs) != len(cfgs):
         raise UserError(f"out_dirs has {len(out_dirs)} entries for {len(cfgs)} configs; valid: one per config")
-    trainers = [Trainer(c, d, progress=progress, overwrite=overwrite) for c, d in zip(cfgs, out_dirs)]
+    exps = build_experiments(cfgs, progress=bool(progress if progress is not None else cfgs[0].run.progress))
+    trainers = [Trainer(c, d, progress=progress, overwrite=overwrite, experiment=e)
+                for c, d, e in zip(cfgs, out_dirs, exps)]
     return StackedRuns(trainers).fit()

@@ -4,6 +4,7 @@
 stacked run writes a normal run directory that load_run reads and --resume continues."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,8 +13,9 @@ from finessl_lab import io
 from finessl_lab.compare import compare
 from finessl_lab.errors import UserError
 from finessl_lab.presets import resolve
-from finessl_lab.stacked import StackedRuns, stackable, train_stacked
-from finessl_lab.trainer import Trainer, train
+from finessl_lab.build import build_experiment
+from finessl_lab.stacked import StackedRuns, build_experiments, stackable, train_stacked
+from finessl_lab.trainer import Trainer, _intra_op_threads, train
 
 SMALL = ["data.subsample_per_class=20", "run.epochs=2", "run.steps_per_epoch=4", "run.progress=false"]
 LOSS_TOL = 1e-5
@@ -45,6 +47,70 @@ def test_stacked_runs_equal_sequential_runs(tmp_path, algorithm):
         assert a["step"] == b["step"] and a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
 
 
+@pytest.mark.parametrize("bank", [True, False])
+def test_runs_differing_in_algorithm_scalars_equal_sequential_runs(tmp_path, monkeypatch, bank):
+    """lambda (smoothing), zeta and gamma differ: separate vmapped groups over one shared bank, still the
+    sequential results (same seed for two of them, so they also share the split and the initial heads).
+    bank=False: the path for banks too large to hold in fp32 (each run's rows gathered and normalised per step)."""
+    if not bank:
+        monkeypatch.setattr(StackedRuns, "_BANK_LIMIT", 0)
+    base = SMALL + ["algorithm.name=finessl"]
+    cfgs = [resolve("embedded", sets=base + ["run.seed=1", "algorithm.finessl.smoothing=0.2"]),
+            resolve("embedded", sets=base + ["run.seed=1", "algorithm.finessl.zeta=0.5"]),
+            resolve("embedded", sets=base + ["run.seed=2", "algorithm.finessl.gamma=1.0"]),
+            resolve("embedded", sets=base + ["run.seed=2", "algorithm.finessl.gamma=1.0", "optim.lr=0.01"])]
+    stacked = train_stacked(cfgs, [tmp_path / f"s{k}" for k in range(4)])
+    for k, c in enumerate(cfgs):
+        summary, metrics = train(c)
+        assert stacked[k]["test_top1"] == summary["test_top1"]
+        other = pd.read_csv(tmp_path / f"s{k}" / "metrics.csv")
+        assert other["test_top1"].tolist() == metrics["test_top1"].tolist()
+        for col in [c for c in metrics.columns if c.startswith("loss")]:
+            assert other[col].to_numpy() == pytest.approx(metrics[col].to_numpy(), abs=LOSS_TOL), col
+
+
+def test_a_shared_build_equals_each_runs_own_build():
+    """build_experiments reuses the first run's data set and feature cache: every run's split, initial heads,
+    evaluation sets and batches must be bit-identical to those build_experiment(cfg) gives it alone."""
+    cfgs = configs("finessl") + [resolve("embedded", sets=SMALL + ["algorithm.name=finessl", "run.seed=1",
+                                                                    "algorithm.finessl.zeta=0.5"])]
+    shared = build_experiments(cfgs, progress=False)
+    assert all(e.features is shared[0].features for e in shared)  # loaded once
+    for c, e in zip(cfgs, shared):
+        own = build_experiment(c, progress=False)
+        for name in ("labeled", "unlabeled", "val"):
+            assert np.array_equal(getattr(e.split, name), getattr(own.split, name)), name
+        assert own.initial_state.keys() == e.initial_state.keys()
+        for name, t in own.initial_state.items():
+            assert torch.equal(e.initial_state[name], t), name
+        assert own.eval_sets.keys() == e.eval_sets.keys()
+        for name, s in own.eval_sets.items():
+            assert torch.equal(e.eval_sets[name].inputs, s.inputs) and torch.equal(e.eval_sets[name].targets, s.targets)
+        for a, b in zip(e.batches(0, 3), own.batches(0, 3)):
+            for f in ("x", "y", "u_weak", "u_strong1", "u_strong2", "u_index", "u_true", "u_ood"):
+                assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert not torch.equal(shared[0].initial_state["main.weight"], shared[1].initial_state["main.weight"])
+
+
+def test_the_stacked_bank_gives_each_run_its_own_rows():
+    """A stacked step gathers run k's rows from one bank of unit rows (normalised once) by row numbers drawn by a
+    FeatureBatches of row numbers: they must equal, bit for bit, the rows run k's own batches hold, normalised
+    as the sequential step normalises them (CosineHead, one thread)."""
+    cfgs = configs("finessl")
+    exps = build_experiments(cfgs, progress=False)
+    runs = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+    assert runs.bank is not None
+    for k, e in enumerate(exps):
+        for step, own in zip(range(3), e.batches(0, 3)):
+            ids = runs.row_sources[k][step]
+            assert torch.equal(ids.u_index, own.u_index) and torch.equal(ids.y, own.y)
+            for f in ("x", "u_weak", "u_strong1", "u_strong2"):
+                rows = runs.bank[getattr(ids, f).squeeze(-1).long()]
+                with _intra_op_threads(1):
+                    expect = torch.nn.functional.normalize(getattr(own, f).float(), dim=-1)
+                assert torch.equal(rows, expect), f
+
+
 def test_a_stacked_run_directory_resumes_like_a_sequential_one(tmp_path):
     cfgs = configs("finessl")
     train_stacked(cfgs[:2], [tmp_path / "a", tmp_path / "b"])
@@ -70,3 +136,38 @@ def test_compare_stack_gives_the_sequential_table(tmp_path):
     pd.testing.assert_frame_equal(seq, st)
     again = compare(cfg, ["fixmatch", "finessl"], [1, 2], tmp_path / "st", progress=False, stack=True)  # reused
     pd.testing.assert_frame_equal(st, again)
+
+
+def test_paired_heads_equal_separate_heads_with_one_product_per_input():
+    """_UnitPair computes the main and aux cosine heads of a view with one product x @ [W_main; W_aux].T (under
+    vmap, x and x.detach() share it): logits and gradients equal those of separate heads."""
+    from torch.func import vmap
+
+    from finessl_lab.stacked import _Unit, _UnitPair
+
+    g = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+    x, wm, wa = unit(3, 7, 16), unit(3, 5, 16), unit(3, 5, 16)
+    sm, sa = torch.tensor([2.0, 3.0, 4.0]), torch.tensor([5.0, 6.0, 7.0])
+    products = []
+
+    def run(paired):
+        w1, w2 = wm.clone().requires_grad_(), wa.clone().requires_grad_()
+
+        def one(w1, w2, sm, sa, x):
+            if paired:
+                p = _UnitPair((w1, sm), (w2, sa))
+                main, aux = (lambda f: p.logits(f, 0)), (lambda f: p.logits(f, 1))
+            else:
+                main, aux = _Unit(w1, sm), _Unit(w2, sa)
+            out = main(x).logsumexp(-1).sum() + 2 * aux(x.detach()).logsumexp(-1).sum()
+            if paired:
+                products.append(len(p.cache))
+            return out
+
+        loss = vmap(one)(w1, w2, sm, sa, x)
+        return (loss, *torch.autograd.grad(loss.sum(), [w1, w2]))
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert products == [1]
