@@ -114,6 +114,18 @@ def _needs_unlabeled_pass(cfg: Config) -> bool:
     return REGISTRY[cfg.algorithm.name].on_round_start is not Algorithm.on_round_start
 
 
+def make_split_view(cfg: Config, targets: np.ndarray, split, uses_unlabeled: bool) -> SplitView:
+    """The run's sampling view of its split (labeled / unlabeled streams, OOD flags, batch sizes, seed)."""
+    ood = getattr(split, "ood", None)
+    view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
+                     ood=np.zeros(len(targets), dtype=bool) if ood is None else ood,
+                     batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
+                     seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
+                     steps_per_epoch=cfg.run.steps_per_epoch)
+    view.labeled_step(0)  # a replayed stream with fewer labeled images than one batch fails here, not mid-run
+    return view
+
+
 def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = True) -> Experiment:
     cfg = cfg.validate().resolved()  # fidelity items left at 'auto' take the values `cfg.fidelity` implies
     check_model_config(cfg.model)  # names and weights paths fail fast, before data or weights are loaded
@@ -128,13 +140,7 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     n_out = model_classes(cfg.data, bundle.num_classes)  # the seen classes only in the open-set setting
     tests = eval_subsets(cfg.data, bundle.test.targets, bundle.num_classes)
     targets = np.asarray(bundle.train.targets)
-    ood = getattr(split, "ood", None)
-    view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
-                     ood=np.zeros(len(targets), dtype=bool) if ood is None else ood,
-                     batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
-                     seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
-                     steps_per_epoch=cfg.run.steps_per_epoch)
-    view.labeled_step(0)  # a replayed stream with fewer labeled images than one batch fails here, not mid-run
+    view = make_split_view(cfg, targets, split, uses_unlabeled)
     backbone = build_backbone(cfg.model, seed=cfg.run.seed)
     mean, std = (backbone.mean, backbone.std) if cfg.data.normalize == "backbone" else \
         resolve_normalization(cfg.data.normalize, cfg.data.dataset)

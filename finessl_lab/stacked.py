@@ -436,8 +436,8 @@ def _sibling_experiment(base, cfg):
     (:func:`_shares_build`): the data set, the feature cache and the test sets are ``base``'s (not loaded again);
     the split, the batches and the heads are built from ``cfg``'s seed exactly as build.py builds them."""
     from .algorithms import REGISTRY
-    from .build import EvalSet, Experiment, _needs_unlabeled_pass, unlabeled_batch_size
-    from .data.batches import FeatureBatches, SplitView
+    from .build import EvalSet, Experiment, _needs_unlabeled_pass, make_split_view
+    from .data.batches import FeatureBatches
     from .data.settings import make_setting_split
     from .device import weight_dtype
     from .io import cache_dir
@@ -449,13 +449,7 @@ def _sibling_experiment(base, cfg):
     split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed,
                                cache_dir(cfg.run.cache_dir), bundle.key, given=bundle.split)
     targets = np.asarray(bundle.train.targets)
-    ood = getattr(split, "ood", None)
-    view = SplitView(labeled=split.labeled, unlabeled=split.unlabeled, targets=targets,
-                     ood=np.zeros(len(targets), dtype=bool) if ood is None else ood,
-                     batch_size=cfg.optim.batch_size, unlabeled_batch=unlabeled_batch_size(cfg, uses_unlabeled),
-                     seed=cfg.run.seed, labeled_stream=cfg.data.labeled_stream,
-                     steps_per_epoch=cfg.run.steps_per_epoch)
-    view.labeled_step(0)
+    view = make_split_view(cfg, targets, split, uses_unlabeled)
     clean = feats["train_clean"].float()
     n_out = base.num_classes
     model = build_model(cfg.model, n_out, bundle.classes[:n_out], feature_dim=clean.shape[1], text_prototypes=None,
