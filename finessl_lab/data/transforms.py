@@ -138,6 +138,19 @@ class ViewTransforms:
     mean: tuple | None = None   # the normalisation the views end with (or, uint8 views, leave to the device)
     std: tuple | None = None
     uint8: bool = False         # True: weak and strong views are uint8 tensors (normalize_uint8 on the device)
+    fast: Any = None            # fastviews.FastViews making ``weak`` / ``strong`` a batch at a time (same views)
+
+    def batch_maker(self, transform):
+        """(FastViews, 'weak' | 'strong') if ``transform`` is this object's own weak or strong view and it can be
+        made a batch at a time (:mod:`~finessl_lab.data.fastviews`), else None (a replaced view is never fast)."""
+        f = self.fast
+        if f is None:
+            return None
+        if transform is self.weak and transform is f.weak_transform:
+            return f, "weak"
+        if transform is self.strong and transform is f.strong_transform and f.strong is not None:
+            return f, "strong"
+        return None
 
 
 STRONG_AUGS = ("randaugment_mc", "randaugment")
@@ -173,12 +186,17 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint
     tail = [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     train_tail = [ToUint8()] if uint8 else tail
     test = [T.Resize((size, size))] if test_view == "resize" else [T.Resize(resize), T.CenterCrop(size)]
-    return ViewTransforms(
+    views = ViewTransforms(
         weak=T.Compose(geometric_part(uint8) + train_tail),
         strong=T.Compose(geometric + strong_ops + train_tail),
         test=T.Compose(test + tail),
         mean=tuple(mean), std=tuple(std), uint8=bool(uint8),
     )
+    from .fastviews import FastViews
+    views.fast = FastViews(T.Resize(resize), (size, size), pad, bool(cfg.hflip),
+                           strong_ops[0] if strong_aug == "randaugment_mc" else None, uint8, mean, std)
+    views.fast.weak_transform, views.fast.strong_transform = views.weak, views.strong
+    return views
 
 
 def _item(cfg: Any, name: str, valid: Sequence[str], official: str) -> str:
