@@ -216,3 +216,24 @@ def test_cached_lut_ops_equal_torchvision():
                                   np.asarray(TF.posterize(img, int(v * 4 / 10) + 4)))
             assert np.array_equal(np.asarray(ramc.OPS["Solarize"](img, v)),
                                   np.asarray(TF.solarize(img, 256 - int(v * 256 / 10))))
+
+
+@pytest.mark.parametrize("test_view", ["resize", "center_crop"])
+def test_image_views_batches_equal_per_image_views_across_parts(test_view):
+    """ImageViews.__getitems__ (batch-level views, what a DataLoader with a batch size calls) and ConcatViews
+    (the cache build's one loader over every view) give the tensors of the per-image path, batch boundaries
+    anywhere."""
+    from finessl_lab.data.features import ConcatViews, ImageViews
+    tr, te = _images(13, (12, 10), seed=6), _images(5, (10, 12), seed=7)
+    t = build_transforms(_cfg(test_view=test_view), MEAN, STD)
+    padded = t.fast.cache(tr)
+    parts = [ImageViews(tr, t.test, None, 0), ImageViews(te, t.test, None, 0), ImageViews(tr, t.weak, 100, 3, padded),
+             ImageViews(tr, t.strong, 200, 3, padded), ImageViews(tr, t.strong, 201, 3, padded)]
+    slow = torch.utils.data.ConcatDataset([ImageViews(v.images, T.Compose(list(v.transform.transforms)), v.stream,
+                                                      v.seed) for v in parts])
+    want = torch.stack([slow[i] for i in range(len(slow))])
+    fast = ConcatViews(parts)
+    for batch in (7, 13, 64):
+        got = torch.cat(list(torch.utils.data.DataLoader(fast, batch_size=batch)))
+        assert got.dtype == torch.float32 and torch.equal(got, want), batch
+    assert len(padded._store) == 13  # the weak and strong views of the train images share one resize each

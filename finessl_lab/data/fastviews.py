@@ -74,9 +74,10 @@ class FastViews:
     the views stay uint8 or are normalised with ``mean`` / ``std``."""
 
     def __init__(self, resize, size: tuple[int, int], pad: int, hflip: bool, strong: RandAugmentMC | None,
-                 uint8: bool, mean: Sequence[float], std: Sequence[float]):
+                 uint8: bool, mean: Sequence[float], std: Sequence[float], test=None):
         self.resize, self.size, self.pad, self.hflip = resize, (int(size[0]), int(size[1])), int(pad), bool(hflip)
         self.strong, self.uint8, self.mean, self.std = strong, bool(uint8), tuple(mean), tuple(std)
+        self.test = test  # the test view's geometric part (its ToTensor + Normalize done here on the batch)
         self._g = torch.Generator()
 
     def __getstate__(self):
@@ -114,12 +115,29 @@ class FastViews:
             return None
         return arrs
 
-    def _finish(self, out: np.ndarray) -> Tensor:
+    def _finish(self, out: np.ndarray, uint8: bool | None = None) -> Tensor:
         x = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-        if self.uint8:
+        if self.uint8 if uint8 is None else uint8:
             return x
         from .transforms import normalize_uint8
         return normalize_uint8(x, self.mean, self.std)
+
+    def make(self, kind: str, cache: PaddedImages, idx, seeds) -> Tensor | None:
+        """Views ``kind`` ('weak', 'strong' or 'test'; ``seeds`` unused for 'test') of images ``idx``."""
+        if kind == "test":
+            return self.test_views([cache.images[int(i)] for i in idx])
+        return (self.weak if kind == "weak" else self.strong_views)(cache, idx, seeds)
+
+    def test_views(self, imgs) -> Tensor | None:
+        """The test views (always fp32 normalised) of PIL images ``imgs`` (None: use the per-image path)."""
+        if self.test is None or not imgs or any(not isinstance(im, Image.Image) or im.mode not in _MODES
+                                                for im in imgs):
+            return None
+        arrs = [np.asarray(self.test(im)) for im in imgs]
+        arrs = [a.reshape(*a.shape[:2], -1) for a in arrs]
+        if len({a.shape for a in arrs}) != 1 or len(self.mean) not in (1, arrs[0].shape[2]):
+            return None
+        return self._finish(np.stack(arrs), uint8=False)
 
     def weak(self, cache: PaddedImages, idx, seeds) -> Tensor | None:
         """The weak views of images ``idx`` seeded by ``seeds`` [B, C, th, tw] (None: use the per-image path)."""

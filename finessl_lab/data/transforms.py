@@ -141,16 +141,14 @@ class ViewTransforms:
     fast: Any = None            # fastviews.FastViews making ``weak`` / ``strong`` a batch at a time (same views)
 
     def batch_maker(self, transform):
-        """(FastViews, 'weak' | 'strong') if ``transform`` is this object's own weak or strong view and it can be
-        made a batch at a time (:mod:`~finessl_lab.data.fastviews`), else None (a replaced view is never fast)."""
-        f = self.fast
-        if f is None:
-            return None
-        if transform is self.weak and transform is f.weak_transform:
-            return f, "weak"
-        if transform is self.strong and transform is f.strong_transform and f.strong is not None:
-            return f, "strong"
-        return None
+        """(FastViews, 'weak' | 'strong' | 'test') if ``transform`` is one of the views build_transforms made and it
+        can be made a batch at a time (:mod:`~finessl_lab.data.fastviews`), else None (a replaced view never is)."""
+        return batch_maker(transform)
+
+
+def batch_maker(transform):
+    """See :meth:`ViewTransforms.batch_maker`: the (FastViews, kind) build_transforms attached to ``transform``."""
+    return getattr(transform, "batch_views", None)
 
 
 STRONG_AUGS = ("randaugment_mc", "randaugment")
@@ -194,8 +192,11 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint
     )
     from .fastviews import FastViews
     views.fast = FastViews(T.Resize(resize), (size, size), pad, bool(cfg.hflip),
-                           strong_ops[0] if strong_aug == "randaugment_mc" else None, uint8, mean, std)
-    views.fast.weak_transform, views.fast.strong_transform = views.weak, views.strong
+                           strong_ops[0] if strong_aug == "randaugment_mc" else None, uint8, mean, std,
+                           test=T.Compose(test))
+    views.weak.batch_views, views.test.batch_views = (views.fast, "weak"), (views.fast, "test")
+    if views.fast.strong is not None:
+        views.strong.batch_views = (views.fast, "strong")
     return views
 
 
