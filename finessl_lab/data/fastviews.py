@@ -161,9 +161,15 @@ class FastViews:
         out = np.empty((len(arrs), *self.size, c), dtype=np.uint8)
         for b, (arr, seed) in enumerate(zip(arrs, seeds, strict=True)):
             g.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-            crop = np.ascontiguousarray(self._crop(arr, g))
-            img = ra.ops_only(Image.fromarray(crop[:, :, 0] if c == 1 else crop), g)
-            out[b] = np.asarray(img).reshape(*self.size, c)
+            crop = self._crop(arr, g)
+            img = None  # RandAugmentMC.ops_only, draw for draw, making the PIL image only once an op applies
+            for k in torch.randint(len(ra.ops), (ra.n,), generator=g).tolist():
+                v = int(torch.randint(1, ra.m, (), generator=g).item())
+                if torch.rand((), generator=g).item() < 0.5:
+                    if img is None:
+                        img = Image.fromarray(np.ascontiguousarray(crop[:, :, 0] if c == 1 else crop))
+                    img = ra.ops[k](img, v, g)
+            out[b] = crop if img is None else np.asarray(img).reshape(*self.size, c)
             if ra.cutout > 0:  # PIL's inclusive rectangle, clipped to the image
                 x0, y0, x1, y1 = cutout_box(self.size[1], self.size[0], ra.cutout, g)
                 out[b, y0:y1 + 1, x0:x1 + 1] = CUTOUT_FILL
