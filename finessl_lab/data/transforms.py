@@ -17,7 +17,9 @@ Speed (issue 13), with views identical to torchvision's: :class:`ReflectRandomCr
 padding_mode='reflect')`` that gathers the crop's pixels by index instead of padding the whole image through numpy
 (same random draws, same pixels). ``build_transforms(..., uint8=True)`` ends the views with ``PILToTensor``
 (uint8 transport: a quarter of the bytes of fp32); :func:`normalize_uint8` then does ``ToTensor`` + ``Normalize``
-on the device, with the same float operations in the same order (identical results on CPU).
+on the device, with the same float operations in the same order (identical results on CPU). The views
+:func:`build_transforms` makes also carry a :class:`~finessl_lab.data.fastviews.FastViews` (``batch_views``), which
+ImageBatches and ImageViews use to make them a batch at a time, bit for bit the same (:func:`batch_maker`).
 """
 from __future__ import annotations
 
