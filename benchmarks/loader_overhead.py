@@ -12,6 +12,8 @@ of each is compared with the bare step:
   pipeline   our DataLoader as training uses it (data.transport=uint8, workers and threads from worker_plan)
   inline     no workers: the batches made in the training process between steps, all cores as threads
   fp32       the pipeline with data.transport=float32 (normalised fp32 views, the pre-fix transport)
+  per-image  the pipeline with the views made image by image (seeded_many; as before data/fastviews.py made them
+             a batch at a time; the RandAugmentMC lookup-table ops are the new ones in both)
   before     the pipeline as it was before issue 13's data-side fixes: fp32 transport, torchvision's RandomCrop
              (reflect padding through numpy), the RNGs saved and restored around every image (same views)
   naive      data.num_workers workers AND all cores as intra-op threads (the oversubscribed pre-fix setting)
@@ -29,6 +31,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -72,7 +75,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="data.num_workers (the upper bound)")
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--ways", nargs="+", default=["bare", "bare-1t", "pipeline", "fp32", "before"],
-                    choices=["bare", "bare-1t", "pipeline", "inline", "fp32", "before", "naive"])
+                    choices=["bare", "bare-1t", "pipeline", "inline", "fp32", "per-image", "before", "naive"])
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="loader_overhead_"))
@@ -100,6 +103,8 @@ def main() -> None:
     before.weak, before.strong = (T.Compose([T.RandomCrop(t.size, padding=t.padding, padding_mode="reflect")
                                              if isinstance(t, ReflectRandomCrop) else t for t in c.transforms])
                                   for c in (before.weak, before.strong))
+    per_image = replace(u8, weak=T.Compose(list(u8.weak.transforms)), strong=T.Compose(list(u8.strong.transforms)))
+    assert per_image.batch_maker(per_image.weak) is None and u8.batch_maker(u8.weak) is not None
     ready = [source()[k] for k in range(n)]  # (a map-style dataset of unbounded index: no list())
 
     def loader(workers: int, transforms=u8):
@@ -118,6 +123,8 @@ def main() -> None:
         "inline": lambda: with_threads(cores, lambda: timed_steps(trainer, loader(0), args.steps)),
         "fp32": lambda: with_threads(exp.intra_op_threads or cores,
                                      lambda: timed_steps(trainer, loader(plan.workers, exp.transforms), args.steps)),
+        "per-image": lambda: with_threads(exp.intra_op_threads or cores, lambda: timed_steps(
+            trainer, loader(plan.workers, per_image), args.steps)),
         "before": lambda: with_threads(exp.intra_op_threads or cores, lambda: timed_steps(
             trainer, torch.utils.data.DataLoader(Before(images, exp.split_view, before, 0, n), batch_size=None,
                                                  num_workers=plan.workers, worker_init_fn=ignore_stop_signals
@@ -126,7 +133,7 @@ def main() -> None:
     }
     ways = {k: ways[k] for k in dict.fromkeys(["bare", "bare-1t"] + args.ways)}
     ms = {k: [] for k in ways}
-    make = []
+    make, make_slow = [], []
     for _ in range(args.blocks):
         for k, f in ways.items():
             ms[k].append(f())
@@ -136,6 +143,11 @@ def main() -> None:
         for k in range(args.steps):
             src[k]
         make.append((time.perf_counter() - t0) / args.steps * 1e3)
+        t0 = time.perf_counter()
+        src = source(per_image)
+        for k in range(args.steps):
+            src[k]
+        make_slow.append((time.perf_counter() - t0) / args.steps * 1e3)
     med = {k: statistics.median(v) for k, v in ms.items()}
     limit = min(med["bare"], med["bare-1t"])
     print(f"cores {cores}; data.num_workers={cfg.data.num_workers}; plan: {plan.workers} workers + "
@@ -145,7 +157,8 @@ def main() -> None:
     for k in ways:
         print(f"{k:10s} {med[k]:28.2f} {med[k] / limit:8.2f}   " + " ".join(f"{x:.1f}" for x in ms[k]))
     print(f"making one batch in-process (1 thread, no training): {statistics.median(make):.2f} ms "
-          f"({' '.join(f'{x:.1f}' for x in make)})")
+          f"({' '.join(f'{x:.1f}' for x in make)}); image by image: {statistics.median(make_slow):.2f} ms "
+          f"({' '.join(f'{x:.1f}' for x in make_slow)})")
     print(f"target 1 (issue 13): pipeline / bare (the faster bare way) <= 1.25 -> {med['pipeline'] / limit:.2f}")
 
 

@@ -140,3 +140,100 @@ def test_uint8_transport_trains_exactly_as_fp32(tiny_clip_configs, tmp_path):
         assert batch.x.dtype == (torch.uint8 if transport == "uint8" else torch.float32)
     assert weights["uint8"].keys() == weights["float32"].keys()
     assert all(torch.equal(weights["uint8"][k], weights["float32"][k]) for k in weights["uint8"])
+
+
+# -- batch-level views (data/fastviews.py) and the NumPy lookup tables of RandAugmentMC ----------------------------
+
+def _slow(t):
+    """A copy of ``t`` whose weak / strong views are new objects: ImageBatches makes them image by image."""
+    from dataclasses import replace
+    return replace(t, weak=T.Compose(list(t.weak.transforms)), strong=T.Compose(list(t.strong.transforms)))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(hflip=False), dict(crop_padding=0), dict(resize=8, crop_padding=7),
+                                dict(image_size=6, resize=9, crop_padding=3, randaugment_ops=4),
+                                dict(strong_aug="randaugment")])
+@pytest.mark.parametrize("uint8", [True, False])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_batch_views_equal_per_image_views(kw, uint8, mode):
+    if mode == "L" and not uint8:
+        pytest.skip("a 3-channel Normalize of a 1-channel view raises either way")
+    imgs = _images(30, (12, 10), mode, seed=4) + _images(2, (9, 13), mode, seed=5)  # two other aspect ratios
+    t = build_transforms(_cfg(**kw), MEAN, STD, uint8=uint8)
+    fast, slow = ImageBatches(imgs, _view(n=32), t, 0, 8), ImageBatches(imgs, _view(n=32), _slow(t), 0, 8)
+    assert t.batch_maker(t.weak) is not None and _slow(t).batch_maker(_slow(t).weak) is None
+    assert (t.batch_maker(t.strong) is None) == (kw.get("strong_aug") == "randaugment")
+    for step in range(8):
+        a, b = fast[step], slow[step]
+        for name in ("x", "u_weak", "u_strong1", "u_strong2"):
+            assert getattr(a, name).dtype == getattr(b, name).dtype
+            assert torch.equal(getattr(a, name), getattr(b, name)), (step, name)
+    assert len(fast._padded._store) == 32  # every image resized once, then read from the cache
+
+
+def test_batch_views_fall_back_per_image_for_other_modes_and_keep_the_cache_bounded():
+    from finessl_lab.data.fastviews import PaddedImages
+    imgs = [im.convert("RGBA") for im in _images(32, (12, 12))]  # RGBA: not made a batch at a time
+    t = build_transforms(_cfg(randaugment_ops=0), MEAN, STD, uint8=True)  # (PIL's posterize etc. refuse RGBA)
+    a, b = ImageBatches(imgs, _view(n=32), t, 0, 2)[1], ImageBatches(imgs, _view(n=32), _slow(t), 0, 2)[1]
+    assert a.u_strong1.shape[1] == 4 and torch.equal(a.u_strong1, b.u_strong1) and torch.equal(a.x, b.x)
+    cache = PaddedImages(_images(5, (12, 12)), T.Resize(10), 2, max_bytes=2 * 14 * 14 * 3)
+    assert all(np.array_equal(cache[i], np.pad(np.asarray(T.Resize(10)(cache.images[i])), ((2, 2), (2, 2), (0, 0)),
+                                               "reflect")) for i in range(5))
+    assert len(cache._store) == 2 and cache._bytes == 2 * 14 * 14 * 3
+    import pickle
+    assert pickle.loads(pickle.dumps(cache))._store == {}
+
+
+def _photos(n, size=20, seed=0):
+    """Random images of varied contrast: full range, narrow range, two levels, constant, one dark channel."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        lo = int(rng.integers(0, 200))
+        hi = lo + int(rng.integers(0, 256 - lo)) if k % 5 else lo + 1
+        a = rng.integers(lo, hi + 1, (size, size, 3)).astype(np.uint8)
+        if k % 7 == 3:
+            a[..., 1] = lo
+        out.append(Image.fromarray(a))
+    return out
+
+
+@pytest.mark.parametrize("name, op", [("AutoContrast", "autocontrast"), ("Equalize", "equalize")])
+def test_numpy_lut_ops_equal_torchvision(name, op):
+    from torchvision.transforms import functional as TF
+    from finessl_lab.data import randaugment_mc as ramc
+    for img in _photos(60) + [im.convert("L") for im in _photos(20, seed=1)] + [Image.new("RGB", (5, 5), 9)]:
+        assert np.array_equal(np.asarray(ramc.OPS[name](img, 5)), np.asarray(getattr(TF, op)(img)))
+
+
+def test_cached_lut_ops_equal_torchvision():
+    from torchvision.transforms import functional as TF
+    from finessl_lab.data import randaugment_mc as ramc
+    for img in _photos(10) + [im.convert("L") for im in _photos(4)]:
+        for v in range(1, 10):
+            assert np.array_equal(np.asarray(ramc.OPS["Posterize"](img, v)),
+                                  np.asarray(TF.posterize(img, int(v * 4 / 10) + 4)))
+            assert np.array_equal(np.asarray(ramc.OPS["Solarize"](img, v)),
+                                  np.asarray(TF.solarize(img, 256 - int(v * 256 / 10))))
+
+
+@pytest.mark.parametrize("test_view", ["resize", "center_crop"])
+def test_image_views_batches_equal_per_image_views_across_parts(test_view):
+    """ImageViews.__getitems__ (batch-level views, what a DataLoader with a batch size calls) and ConcatViews
+    (the cache build's one loader over every view) give the tensors of the per-image path, batch boundaries
+    anywhere."""
+    from finessl_lab.data.features import ConcatViews, ImageViews
+    tr, te = _images(13, (12, 10), seed=6), _images(5, (10, 12), seed=7)
+    t = build_transforms(_cfg(test_view=test_view), MEAN, STD)
+    padded = t.fast.cache(tr)
+    parts = [ImageViews(tr, t.test, None, 0), ImageViews(te, t.test, None, 0), ImageViews(tr, t.weak, 100, 3, padded),
+             ImageViews(tr, t.strong, 200, 3, padded), ImageViews(tr, t.strong, 201, 3, padded)]
+    slow = torch.utils.data.ConcatDataset([ImageViews(v.images, T.Compose(list(v.transform.transforms)), v.stream,
+                                                      v.seed) for v in parts])
+    want = torch.stack([slow[i] for i in range(len(slow))])
+    fast = ConcatViews(parts)
+    for batch in (7, 13, 64):
+        got = torch.cat(list(torch.utils.data.DataLoader(fast, batch_size=batch)))
+        assert got.dtype == torch.float32 and torch.equal(got, want), batch
+    assert len(padded._store) == 13  # the weak and strong views of the train images share one resize each

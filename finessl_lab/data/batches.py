@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .sampling import LABELED, UNLABELED, VIEWS, replay_positions, replayed_step, step_positions, step_rng
-from .transforms import normalize_uint8, seeded_many, view_seed
+from .transforms import batch_maker, normalize_uint8, seeded_many, view_seed
 
 VIEW_FIELDS = ("x", "u_weak", "u_strong1", "u_strong2")  # the image (or feature) views of a Batch
 
@@ -101,14 +101,23 @@ class ImageBatches(torch.utils.data.Dataset):
         self.images, self.split, self.t = images, split, transforms
         self.first, self.total = first_step, total_steps
         self.rank = rank  # (rank, world size) under torchrun: build only this rank's slice of the global batch
+        self._padded = None  # fastviews.PaddedImages: resized, padded images, kept across steps
 
     def __len__(self) -> int:
         return self.total - self.first
 
     def _views(self, transform, idx: np.ndarray, stream: int, step: int, start: int = 0) -> Tensor:
         s = self.split.seed  # seeded by the position in the GLOBAL batch (start: where this rank's slice begins)
-        return torch.stack(seeded_many(transform, [self.images[int(i)] for i in idx],
-                                       [view_seed(s, stream, step, start + j) for j in range(len(idx))]))
+        seeds = [view_seed(s, stream, step, start + j) for j in range(len(idx))]
+        maker = batch_maker(transform)
+        if maker is not None:  # the same views a batch at a time (data/fastviews.py), the resized images kept
+            fast, kind = maker
+            if self._padded is None or self._padded.resize is not fast.resize:
+                self._padded = fast.cache(self.images)
+            out = fast.make(kind, self._padded, idx, seeds)
+            if out is not None:
+                return out
+        return torch.stack(seeded_many(transform, [self.images[int(i)] for i in idx], seeds))
 
     def __getitem__(self, k: int) -> Batch:
         step = self.first + k

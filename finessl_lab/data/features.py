@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..io import load_checkpoint, save_checkpoint
 from ..progress import progress_bar
-from .transforms import seeded, view_seed
+from .transforms import batch_maker, seeded, view_seed
 
 WEAK_STREAM, STRONG_STREAM = 100, 200
 
@@ -106,10 +106,16 @@ def cache_key(backbone_identity: str, dataset_key: str, transform_desc: dict, vi
 
 
 class ImageViews(torch.utils.data.Dataset):
-    """One view of every image: the deterministic transform (stream None) or a seeded random one per image."""
+    """One view of every image: the deterministic transform (stream None) or a seeded random one per image.
 
-    def __init__(self, images, transform, stream: int | None, seed: int):
+    A DataLoader with a batch size fetches through ``__getitems__``: the views build_transforms made are then made
+    a batch at a time (data/fastviews.py; the same tensors as ``[self[i] for i in indices]``), reading resized,
+    padded images from ``padded`` (a fastviews.PaddedImages of ``images``, shareable between the views of one
+    image set) or from a cache of its own."""
+
+    def __init__(self, images, transform, stream: int | None, seed: int, padded=None):
         self.images, self.transform, self.stream, self.seed = images, transform, stream, seed
+        self.padded = padded
 
     def __len__(self) -> int:
         return len(self.images)
@@ -119,6 +125,39 @@ class ImageViews(torch.utils.data.Dataset):
         if self.stream is None:  # deterministic transform
             return self.transform(img)
         return seeded(self.transform, img, view_seed(self.seed, self.stream, i))
+
+    def __getitems__(self, indices) -> list[Tensor]:
+        maker = batch_maker(self.transform)
+        kind = maker[1] if maker is not None else None
+        if maker is not None and (kind == "test") == (self.stream is None):
+            fast = maker[0]
+            if self.padded is None or self.padded.resize is not fast.resize or self.padded.images is not self.images:
+                self.padded = fast.cache(self.images)
+            seeds = None if kind == "test" else [view_seed(self.seed, self.stream, int(i)) for i in indices]
+            out = fast.make(kind, self.padded, indices, seeds)
+            if out is not None:
+                return list(out)
+        return [self[i] for i in indices]
+
+
+class ConcatViews(torch.utils.data.ConcatDataset):
+    """ConcatDataset of ImageViews whose ``__getitems__`` hands each part its run of indices (batch-level views)."""
+
+    def __getitems__(self, indices) -> list[Tensor]:
+        import bisect
+
+        out, run, part = [], [], None
+        for i in indices:
+            i = int(i)
+            k = bisect.bisect_right(self.cumulative_sizes, i)
+            if k != part and run:
+                out += self.datasets[part].__getitems__(run)
+                run = []
+            part = k
+            run.append(i - (self.cumulative_sizes[k - 1] if k else 0))
+        if run:
+            out += self.datasets[part].__getitems__(run)
+        return out
 
 
 #: Images per forward pass when extracting on a CPU: EfficientNet-Lite0 at 64 px ran 2.7x faster at batch 64 than
@@ -240,7 +279,10 @@ def compute(backbone, bundle, transforms, views: int, seed: int, device, batch_s
     worker start, no pipeline drain between views; the same features as extracting view by view)."""
     backbone.eval()
     specs = _view_specs(bundle, transforms, views)
-    dataset = torch.utils.data.ConcatDataset([ImageViews(images, t, stream, seed) for _, images, t, stream in specs])
+    maker = batch_maker(transforms.weak)  # the K weak and K strong views read one cache of resized train images
+    padded = maker[0].cache(bundle.train.images) if maker is not None else None
+    dataset = ConcatViews([ImageViews(images, t, stream, seed, padded if images is bundle.train.images else None)
+                           for _, images, t, stream in specs])
     flat = extract_views(backbone, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
                          desc=f"features: {len(dataset):,} views", progress=progress, precision=precision)
     parts = dict(train_clean=[], test=[], weak=[], strong=[])

@@ -17,7 +17,9 @@ Speed (issue 13), with views identical to torchvision's: :class:`ReflectRandomCr
 padding_mode='reflect')`` that gathers the crop's pixels by index instead of padding the whole image through numpy
 (same random draws, same pixels). ``build_transforms(..., uint8=True)`` ends the views with ``PILToTensor``
 (uint8 transport: a quarter of the bytes of fp32); :func:`normalize_uint8` then does ``ToTensor`` + ``Normalize``
-on the device, with the same float operations in the same order (identical results on CPU).
+on the device, with the same float operations in the same order (identical results on CPU). The views
+:func:`build_transforms` makes also carry a :class:`~finessl_lab.data.fastviews.FastViews` (``batch_views``), which
+ImageBatches and ImageViews use to make them a batch at a time, bit for bit the same (:func:`batch_maker`).
 """
 from __future__ import annotations
 
@@ -138,6 +140,17 @@ class ViewTransforms:
     mean: tuple | None = None   # the normalisation the views end with (or, uint8 views, leave to the device)
     std: tuple | None = None
     uint8: bool = False         # True: weak and strong views are uint8 tensors (normalize_uint8 on the device)
+    fast: Any = None            # fastviews.FastViews making ``weak`` / ``strong`` a batch at a time (same views)
+
+    def batch_maker(self, transform):
+        """(FastViews, 'weak' | 'strong' | 'test') if ``transform`` is one of the views build_transforms made and it
+        can be made a batch at a time (:mod:`~finessl_lab.data.fastviews`), else None (a replaced view never is)."""
+        return batch_maker(transform)
+
+
+def batch_maker(transform):
+    """See :meth:`ViewTransforms.batch_maker`: the (FastViews, kind) build_transforms attached to ``transform``."""
+    return getattr(transform, "batch_views", None)
 
 
 STRONG_AUGS = ("randaugment_mc", "randaugment")
@@ -173,12 +186,20 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint
     tail = [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     train_tail = [ToUint8()] if uint8 else tail
     test = [T.Resize((size, size))] if test_view == "resize" else [T.Resize(resize), T.CenterCrop(size)]
-    return ViewTransforms(
+    views = ViewTransforms(
         weak=T.Compose(geometric_part(uint8) + train_tail),
         strong=T.Compose(geometric + strong_ops + train_tail),
         test=T.Compose(test + tail),
         mean=tuple(mean), std=tuple(std), uint8=bool(uint8),
     )
+    from .fastviews import FastViews
+    views.fast = FastViews(T.Resize(resize), (size, size), pad, bool(cfg.hflip),
+                           strong_ops[0] if strong_aug == "randaugment_mc" else None, uint8, mean, std,
+                           test=T.Compose(test))
+    views.weak.batch_views, views.test.batch_views = (views.fast, "weak"), (views.fast, "test")
+    if views.fast.strong is not None:
+        views.strong.batch_views = (views.fast, "strong")
+    return views
 
 
 def _item(cfg: Any, name: str, valid: Sequence[str], official: str) -> str:
