@@ -23,6 +23,18 @@ from finessl_lab.hooks import Hook
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Interrupted, NonFiniteLoss, Trainer, _catch_signals, train
 
+
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """These tests send SIGINT to the test process and expect Python's KeyboardInterrupt handler. A job started in
+    the background of a non-interactive shell (nohup, `cmd &` in a script) inherits SIGINT ignored, which the
+    trainer rightly leaves ignored; here the test process gets the terminal's handler for the test's duration."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
 SMALL = ["data.subsample_per_class=20", "run.epochs=3", "run.steps_per_epoch=10", "run.progress=false",
          "data.num_workers=0"]
 RESUMABLE = SMALL + ["algorithm.name=finessl", "run.checkpoint_every=5"]
