@@ -27,7 +27,10 @@ def _alive(pid: int) -> bool:
 def test_lab_prints_url_and_stops_on_sigint_without_orphans():
     proc = subprocess.Popen([sys.executable, "-m", "finessl_lab", "lab", "--port", "0", "--no-browser",
                              "--no-cache-build"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+                            # as from a terminal: a test run started in the background of a script has SIGINT
+                            # ignored, which the child would inherit (and rightly keep) - Ctrl-C is what is tested
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = None
         deadline = time.monotonic() + 120
