@@ -114,6 +114,7 @@ def prebuild_caches(presets: list[str], progress: bool = True) -> list[tuple[str
     build's own DataLoader worker plan), so no notebook kernel builds one on a single thread while another kernel
     waits for it. Returns (preset, cache file, seconds) per preset."""
     from .build import build_experiment
+    from .data.features import forget_loaded
     from .presets import resolve
 
     done = []
@@ -124,6 +125,7 @@ def prebuild_caches(presets: list[str], progress: bool = True) -> list[tuple[str
         exp = build_experiment(cfg.validate(), progress=progress)
         done.append((name, str(exp.feature_path), time.perf_counter() - t0))
         del exp
+    forget_loaded()  # the kernels read the files themselves; the parent need not hold ~350 MB while they run
     return done
 
 

@@ -188,6 +188,9 @@ def test_a_feature_cache_file_is_read_once_per_process_until_it_changes(tmp_path
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # the file was rewritten since
     third, _ = features.load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 2}, **kw)
     assert len(reads) == 2 and third is not first and all(torch.equal(third[k], computed[k]) for k in computed)
+    features.forget_loaded()  # what reproduce's parent does after building the caches
+    features.load_or_compute(tmp_path, _TinyBackbone(), bundle, transforms, {"t": 2}, **kw)
+    assert len(reads) == 3
 
 
 def test_figures_are_saved_atomically(tmp_path):

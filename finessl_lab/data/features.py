@@ -299,6 +299,12 @@ _LOADED: dict = {}
 _LOADED_MAX = 2
 
 
+def forget_loaded() -> None:
+    """Drop this process's loaded cache files (a process that only builds caches, e.g. ``reproduce``'s parent,
+    need not hold them while its notebooks run)."""
+    _LOADED.clear()
+
+
 def _file_id(path: Path, key: str) -> tuple:
     st = path.stat()
     return str(path.resolve()), key, st.st_mtime_ns, st.st_size
