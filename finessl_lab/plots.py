@@ -244,23 +244,46 @@ def sensitivity(frame: pd.DataFrame, param: str, metric: str = "test_top1", note
                    note or default_note(frame))
 
 
+def _label_bars(ax) -> None:
+    """Write each bar's mean above its error bar (or above the bar when it has none), not across the bar's
+    error-bar line: a bar's error bar is the line seaborn draws centred on the bar (caps included)."""
+    tops: dict[float, float] = {}
+    for line in ax.lines:
+        xs, ys = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        if np.isfinite(xs).any() and np.isfinite(ys).any():  # (with caps: one nan-separated line per bar)
+            key = round(float(np.nanmin(xs) + np.nanmax(xs)) / 2, 6)
+            tops[key] = max(tops.get(key, -np.inf), float(np.nanmax(ys)))
+    lo, hi = ax.get_ylim()
+    pad = 0.01 * (hi - lo)
+    highest = hi
+    for container in ax.containers:
+        if not hasattr(container, "datavalues"):
+            continue
+        for rect, value in zip(container.patches, container.datavalues):
+            if not np.isfinite(value):
+                continue
+            cx = rect.get_x() + rect.get_width() / 2
+            y = max(rect.get_height() if value >= 0 else 0.0, tops.get(round(cx, 6), -np.inf)) + pad
+            ax.text(cx, y, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
+            highest = max(highest, y + 0.06 * (hi - lo))
+    ax.set_ylim(lo, highest)
+
+
 def accuracy_bars(frame: pd.DataFrame, metric: str = "test_top1", x: str = "method", hue: str | None = None,
                   note: str | None = None, title: str | None = None) -> plt.Figure:
     """Bars of the mean ``metric`` per ``x`` (default the method; ``hue`` e.g. 'labels_per_class'), error bars =
     +- 1 sample std over seeds, each bar labelled with its mean. ``frame``: one row per run (e.g. a compare's
     results.csv or :func:`~finessl_lab.diagnostics.frames.summary_frame`)."""
     f = _need(frame, [x, metric], "accuracy_bars")
-    fig, axes = _figure(width=max(5.0, 1.2 * f[x].nunique() + 2))
+    fig, axes = _figure(width=max(5.0, 1.2 * f[x].nunique() + 2) + (1.6 if hue else 0.0))
     ax = axes[0, 0]
     sns.barplot(data=f, x=x, y=metric, hue=hue, errorbar="sd", capsize=0.15, ax=ax,
                 palette="deep" if hue else None, color=None if hue else "#457b9d")
-    for container in ax.containers:
-        if hasattr(container, "datavalues"):
-            ax.bar_label(container, fmt="%.1f", padding=3, fontsize=8)
+    _label_bars(ax)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(metric.replace("_", " ") + (" (%)" if metric.endswith("top1") else ""))
-    if hue and ax.get_legend() is not None:
-        ax.legend(title=hue)
+    if hue and ax.get_legend() is not None:  # beside the axes: inside, it covered the right-most bars
+        ax.legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     counts = f.groupby([c for c in (x, hue) if c]).size()
     return _finish(fig, title or f"{metric.replace('_', ' ')}: mean +- std over {_seeds(counts)}",
                    note or default_note(frame))

@@ -111,3 +111,21 @@ def test_plot_input_errors():
         plots.training_curves([1, 2])
     with pytest.raises(UserError, match="unknown status"):
         plots.confidence_histograms(pd.DataFrame({"head": ["main"], "confidence": [0.5], "status": ["maybe"]}))
+
+
+def test_accuracy_bars_labels_clear_error_bars_and_legend_outside():
+    # two methods x two settings, 3 seeds: means 50 / 60 / 70 / 80, sample std 10 (a bar's error bar spans +-10)
+    rows = [{"setting": s, "method": m, "seed": k, "test_top1": base + d}
+            for s, m, base in (("n1", "a", 50), ("n1", "b", 60), ("n2", "a", 70), ("n2", "b", 80))
+            for k, d in enumerate((-10, 0, 10))]
+    fig = plots.accuracy_bars(pd.DataFrame(rows), x="setting", hue="method", note="fixture")
+    ax = fig.axes[0]
+    labels = {float(t.get_text()): t.get_position()[1] for t in ax.texts}
+    assert sorted(labels) == [50.0, 60.0, 70.0, 80.0]
+    for mean, y in labels.items():  # above mean + std (the error bar's top), not on it
+        assert mean + 10 < y < mean + 13
+    assert ax.get_ylim()[1] > max(labels.values())
+    legend = ax.get_legend()
+    fig.canvas.draw()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # beside the axes, not over the bars
+    plt.close(fig)
