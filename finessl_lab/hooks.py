@@ -73,7 +73,10 @@ class PseudoLabelMonitor(Hook):
     """Per-epoch pseudo-label quality: accuracy over all and over masked samples, mask ratio, and the
     normalised entropy of the class distribution of masked pseudo-labels (1 = perfectly balanced).
 
-    The counts are summed on the training device and read once per epoch: ``on_step`` never syncs the host."""
+    The counts are summed on the training device and read once per epoch: ``on_step`` never syncs the host. One
+    ``index_add_`` per step adds, per pseudo-label class, the masked rows, the correct rows and the masked correct
+    rows into a [C, 3] table; ``counts`` (masked pseudo-labels per class) and the integer fields are brought up
+    to date from it when they are read (``on_epoch_end``, ``state_dict``)."""
     num_classes: int
     name: str = "pseudo_labels"
     counts: Tensor = field(init=False)
@@ -84,33 +87,42 @@ class PseudoLabelMonitor(Hook):
 
     def __post_init__(self):
         self.counts = torch.zeros(self.num_classes, dtype=torch.long)
-        self._sums: Tensor | None = None  # [3] on the device: correct, masked, masked_correct of this epoch so far
+        self._table: Tensor | None = None  # [C, 3] on the device: masked, correct, masked & correct per class
+        self._rows: Tensor | None = None   # [U, 3] scratch: one step's (masked, correct, masked & correct)
 
     def on_step(self, r: StepRecord) -> None:
-        if r.pseudo_label is None:
+        pl = r.pseudo_label
+        if pl is None:
             return
-        pl, dev = r.pseudo_label, r.pseudo_label.device
-        y, m = r.y_true.to(dev), r.mask.to(dev) > 0
-        ok = pl == y
+        dev = pl.device
+        m = r.mask.to(dev)
+        if m.dtype != torch.bool:
+            m = m > 0
+        ok = pl == r.y_true.to(dev)
         if r.is_ood is not None:
-            ok &= ~r.is_ood.to(dev)
-        if self.counts.device != dev:
-            self.counts = self.counts.to(dev)
-        if self._sums is None:
-            self._sums = torch.zeros(3, dtype=torch.long, device=dev)
-        self.seen += len(pl)
-        self._sums += torch.stack([ok.sum(), m.sum(), (ok & m).sum()])
-        self.counts.index_add_(0, pl, m.long())
+            ok = ok > r.is_ood.to(dev)  # correct and in-distribution (booleans: only True > False)
+        n = pl.shape[0]
+        rows, table = self._rows, self._table
+        if table is None or rows.shape[0] != n or rows.device != dev:  # (rows and table live on one device)
+            rows = self._rows = torch.empty(n, 3, dtype=torch.long, device=dev)
+            if table is None or table.device != dev:
+                self._fold()
+                table = self._table = torch.zeros(self.num_classes, 3, dtype=torch.long, device=dev)
+        self.seen += n
+        torch.stack([m, ok, ok & m], 1, out=rows)  # the booleans written as 0/1 longs (no separate cast)
+        table.index_add_(0, pl, rows)
 
-    def _read(self) -> None:
-        """Move the device sums into the integer fields (one host read)."""
-        if self._sums is not None:
-            c, m, mc = self._sums.tolist()
+    def _fold(self) -> None:
+        """Move the device table into ``counts`` and the integer fields (one host read)."""
+        t = self._table
+        if t is not None:
+            self._table = None
+            m, c, mc = t.sum(0).tolist()
             self.correct, self.masked, self.masked_correct = self.correct + c, self.masked + m, self.masked_correct + mc
-            self._sums = None
+            self.counts = self.counts.to(t.device) + t[:, 0]
 
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
-        self._read()
+        self._fold()
         if not self.seen:
             return None
         out = {"pl_acc": 100.0 * self.correct / self.seen,
@@ -121,12 +133,12 @@ class PseudoLabelMonitor(Hook):
         return out
 
     def state_dict(self) -> dict:
-        self._read()
+        self._fold()
         return {"counts": self.counts.cpu().clone(), "seen": self.seen, "correct": self.correct,
                 "masked": self.masked, "masked_correct": self.masked_correct}
 
     def load_state_dict(self, state: dict) -> None:
-        self._sums = None
+        self._table = None
         self.counts = state.get("counts", torch.zeros(self.num_classes, dtype=torch.long)).clone()
         for k in ("seen", "correct", "masked", "masked_correct"):
             setattr(self, k, state.get(k, 0))

@@ -249,3 +249,53 @@ def test_step_logs_sum_to_the_values_of_each_step(experiment):
     assert n == 5 and bad is None
     for k in ("loss_x", "loss_u", "loss_u_aux", "alpha_t", "mask_ratio"):
         assert sums[k] == sum(float(r[k]) for r in logs)  # the same fp32 values summed in the same order
+
+
+# -- the pseudo-label monitor: one index_add_ into a [C, 3] table gives the counts of the per-step form -----------
+class OldMonitor:
+    """PseudoLabelMonitor.on_step as it was before the [C, 3] table (three sums stacked, a class-count index_add_)."""
+
+    def __init__(self, c):
+        self.counts, self.sums, self.seen = torch.zeros(c, dtype=torch.long), torch.zeros(3, dtype=torch.long), 0
+
+    def on_step(self, r):
+        y, m = r.y_true, r.mask > 0
+        ok = r.pseudo_label == y
+        if r.is_ood is not None:
+            ok &= ~r.is_ood
+        self.seen += len(r.pseudo_label)
+        self.sums += torch.stack([ok.sum(), m.sum(), (ok & m).sum()])
+        self.counts.index_add_(0, r.pseudo_label, m.long())
+
+
+def test_pseudo_label_monitor_counts_as_the_per_step_form():
+    from finessl_lab.hooks import PseudoLabelMonitor, StepRecord
+
+    g = torch.Generator().manual_seed(3)
+    c = 5
+    new, old = PseudoLabelMonitor(c), OldMonitor(c)
+    for step in range(12):
+        u = [7, 7, 3, 9][step % 4]  # the batch size changes (the scratch rows are rebuilt)
+        pl = torch.randint(0, c, (u,), generator=g)
+        y = torch.where(torch.rand(u, generator=g) < 0.5, pl, torch.randint(0, c, (u,), generator=g))
+        mask = (torch.rand(u, generator=g) < 0.6).float()
+        if step % 3 == 1:
+            mask = mask * 0.5  # a non-0/1 weight: counted where > 0
+        ood = torch.rand(u, generator=g) < 0.2 if step % 2 else None
+        r = StepRecord(step, 0, {}, None, None, None, pl, mask, mask, y, ood)
+        new.on_step(r)
+        old.on_step(r)
+        if step == 5:  # a checkpoint mid-epoch reads the table; a resumed monitor continues from the state
+            state = new.state_dict()
+            new = PseudoLabelMonitor(c)
+            new.load_state_dict(state)
+    state = new.state_dict()
+    assert state["counts"].tolist() == old.counts.tolist()
+    assert [state["correct"], state["masked"], state["masked_correct"]] == old.sums.tolist()
+    assert state["seen"] == old.seen == 3 * (7 + 7 + 3 + 9)
+    assert old.counts.sum() > 0 and 0 < old.sums[2] < old.sums[1]  # the counts took part
+    row = new.on_epoch_end(0, {})
+    c_, m_, mc = old.sums.tolist()
+    assert row["pl_acc"] == 100.0 * c_ / old.seen and row["pl_acc_masked"] == 100.0 * mc / m_
+    assert row["pl_mask_ratio"] == m_ / old.seen
+    assert new.state_dict()["seen"] == 0 and new.state_dict()["counts"].sum() == 0  # a new epoch starts at zero
