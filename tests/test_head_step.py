@@ -299,3 +299,99 @@ def test_pseudo_label_monitor_counts_as_the_per_step_form():
     assert row["pl_acc"] == 100.0 * c_ / old.seen and row["pl_acc_masked"] == 100.0 * mc / m_
     assert row["pl_mask_ratio"] == m_ / old.seen
     assert new.state_dict()["seen"] == 0 and new.state_dict()["counts"].sum() == 0  # a new epoch starts at zero
+
+
+# -- the cosine heads inside normalised_once: lazy normalisation, Module.__call__ skipped only without hooks ------
+def _two_heads():
+    from finessl_lab.models.heads import CosineHead
+
+    torch.manual_seed(0)
+    return CosineHead(6, 4), CosineHead(6, 4, scale_param="direct")
+
+
+def test_a_head_is_normalised_on_its_first_call_in_the_blocks_grad_mode(monkeypatch):
+    from finessl_lab.models.heads import CosineHead, normalised_once
+
+    main, aux = _two_heads()
+    calls = []
+    real = CosineHead._normalise
+    monkeypatch.setattr(CosineHead, "_normalise", lambda self: calls.append(self) or real(self))
+    x = torch.randn(5, 6)
+    with normalised_once(main, aux):
+        assert calls == []  # nothing normalised on entering
+        with torch.no_grad():
+            main(x)  # the first call comes without grad ...
+        y = main(x) + main(x)
+        assert calls == [main]  # ... once for the block; aux, never called, is never normalised
+    assert y.requires_grad  # ... and the rows it cached carry the graph of the block's grad mode
+    y.sum().backward()
+    assert main.weight.grad is not None and aux.weight.grad is None
+
+
+def test_lazy_normalisation_gives_the_bits_of_normalising_on_entering_the_block():
+    """The block used to normalise every head on entering it (then under the entry's grad mode, as the lazy form
+    does on the first call); the values and gradients are the same bits either way."""
+    from finessl_lab.models.heads import normalised_once
+
+    main, aux = _two_heads()
+    a, b = torch.randn(5, 6), torch.randn(7, 6)
+
+    def loss():
+        with torch.no_grad():
+            w = main(a).softmax(1)
+        return (main(a) * w).sum() + aux(b.detach()).logsumexp(1).sum() + main(b).sum()
+
+    out = []
+    for eager in (True, False):
+        for h in (main, aux):
+            h.zero_grad()
+        with normalised_once(main, aux, main):
+            if eager:  # the form before: both heads normalised on entering the block
+                main.normalised(), aux.normalised()
+            v = loss()
+        v.backward()
+        out.append((v.detach(), [p.grad.clone() for p in (*main.parameters(), *aux.parameters())]))
+    assert_same_bits(out[0], out[1])
+
+
+@pytest.mark.parametrize("where", ["forward", "forward_pre", "global_forward", "backward"])
+def test_hooks_on_a_head_still_run_inside_the_block(where):
+    from finessl_lab.models.heads import normalised_once
+
+    main, _ = _two_heads()
+    seen = []
+    if where == "forward":
+        handle = main.register_forward_hook(lambda m, i, o: seen.append("f") or o * 2)
+    elif where == "forward_pre":
+        handle = main.register_forward_pre_hook(lambda m, i: seen.append("p"))
+    elif where == "global_forward":
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append("g"))
+    else:
+        handle = main.register_full_backward_hook(lambda m, gi, go: seen.append("b"))
+    x = torch.randn(3, 6, requires_grad=True)
+    try:
+        plain = main(x)
+        with normalised_once(main):
+            assert not main._direct
+            cached = main(x)
+        cached.sum().backward()
+    finally:
+        handle.remove()
+    # the hook ran on both calls (a backward hook: on the one backward)
+    assert len(seen) == (1 if where == "backward" else 2) and torch.equal(plain, cached)
+    with normalised_once(main):
+        assert main._direct  # hooks removed: the direct call again
+    assert not main._direct
+
+
+def test_a_fixmatch_step_never_normalises_the_aux_head(experiment, monkeypatch):
+    from finessl_lab.models.heads import CosineHead
+
+    cfg = resolve("embedded", sets=SMALL + ["algorithm.name=fixmatch"])
+    t = Trainer(cfg, None, experiment=experiment, progress=False)
+    calls = []
+    real = CosineHead._normalise
+    monkeypatch.setattr(CosineHead, "_normalise", lambda self: calls.append(self) or real(self))
+    batch = next(iter(t.exp.batches(0, 1)))
+    t._train_step(batch)
+    assert calls == [t.exp.model.main]

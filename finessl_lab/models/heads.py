@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from ..errors import UserError
 
@@ -45,17 +46,38 @@ class CosineHead(nn.Module):
         else:
             self.register_buffer(name, value)
 
-    _once: tuple[Tensor, Tensor] | None = None  # (unit rows, scale) while inside normalised_once()
+    # inside normalised_once(): a _LAZY_* marker until the block's first call computes (unit rows, scale), then those
+    _once: "tuple[Tensor, Tensor] | object | None" = None
+    _direct = False  # inside normalised_once() with no module hooks anywhere: __call__ goes straight to forward
 
     @property
     def scale(self) -> Tensor:
-        return self.log_scale.float().exp() if self.scale_param == "log" else self.logit_scale.float()
+        s = self.log_scale if self.scale_param == "log" else self.logit_scale
+        if s.dtype != torch.float32:
+            s = s.float()
+        return s.exp() if self.scale_param == "log" else s
 
     def normalised(self) -> tuple[Tensor, Tensor]:
-        """(W with unit rows in fp32, scale): computed once per ``normalised_once`` block, else on every call."""
-        if self._once is not None:
-            return self._once
-        return F.normalize(self.weight.float(), dim=-1), self.scale
+        """(W with unit rows in fp32, scale): computed once per ``normalised_once`` block (on the block's first
+        call, so a head the step never calls costs nothing), else on every call."""
+        once = self._once
+        if once is None:
+            return self._normalise()
+        if once is _LAZY_GRAD or once is _LAZY_NO_GRAD:
+            # in the grad mode of the block's entry (the first call may come inside the step's no_grad region,
+            # yet the losses after it need the graph), in fp32 outside any autocast region
+            with torch.set_grad_enabled(once is _LAZY_GRAD):
+                if torch.is_autocast_enabled(self.weight.device.type):
+                    with torch.autocast(device_type=self.weight.device.type, enabled=False):
+                        once = self._normalise()
+                else:
+                    once = self._normalise()
+            object.__setattr__(self, "_once", once)
+        return once
+
+    def _normalise(self) -> tuple[Tensor, Tensor]:
+        w = self.weight
+        return F.normalize(w if w.dtype == torch.float32 else w.float(), dim=-1), self.scale
 
     @torch.no_grad()
     def init_weight(self, weight: Tensor) -> None:
@@ -73,15 +95,25 @@ class CosineHead(nn.Module):
         """``normalize(features)``; inside ``normalised_once`` computed once per input tensor for all heads (the
         main and aux heads read the same views; a detached input reuses the normalised rows, detached)."""
         cache = self._features
+        x = features if features.dtype == torch.float32 else features.float()
         if cache is None:
-            return F.normalize(features.float(), dim=-1)
+            return F.normalize(x, dim=-1)
         key = (features.data_ptr(), features.shape, features.stride(), features.dtype, features._version)
         hit = cache.get(key)
-        if hit is not None and (hit[1].requires_grad or not features.requires_grad):
-            return hit[1] if features.requires_grad else hit[1].detach()
-        f = F.normalize(features.float(), dim=-1)
+        if hit is not None:
+            f = hit[1]
+            if not features.requires_grad:  # a detached view of a cached input: the rows, detached
+                return f.detach() if f.requires_grad else f
+            if f.requires_grad:
+                return f
+        f = F.normalize(x, dim=-1)
         cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
         return f
+
+    def __call__(self, *args, **kwargs):
+        if self._direct:  # (no hooks to run: skip Module.__call__'s dispatch, ~1-2 us a call)
+            return self.forward(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     def forward(self, features: Tensor) -> Tensor:
         if torch.is_autocast_enabled(features.device.type):
@@ -99,30 +131,44 @@ class CosineHead(nn.Module):
                 f"scale_param={self.scale_param}")
 
 
+# CosineHead._once inside normalised_once() before the head's first call: the grad mode on entering the block
+_LAZY_GRAD, _LAZY_NO_GRAD = object(), object()
+
+
+def _no_hooks(m: nn.Module) -> bool:
+    """True if calling ``m`` would run no hook and no compiled or traced wrapper: exactly the case in which
+    ``Module.__call__`` calls ``forward`` and nothing else."""
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _module._global_forward_hooks or _module._global_forward_pre_hooks
+                or _module._global_backward_hooks or _module._global_backward_pre_hooks
+                or m._compiled_call_impl is not None or torch._C._get_tracing_state())
+
+
 @contextmanager
 def normalised_once(*heads):
     """Inside the block, each :class:`CosineHead` among ``heads`` normalises its weight (and exponentiates its log
-    scale) once, however often it is called (a training step calls the heads up to six times), and each input
-    feature tensor is normalised once for all of them. The cached tensors
-    are part of the autograd graph, so gradients are those of the uncached form; the weights must not change
-    inside the block (the optimiser steps after it). Other modules pass through unchanged."""
-    cosine = list({id(h): h for h in heads if isinstance(h, CosineHead)}.values())
+    scale) once, on its first call, however often it is called (a training step calls the heads up to six times;
+    a head the step never calls, as FixMatch's aux head, costs nothing), and each input feature tensor is
+    normalised once for all of them. The cached tensors are part of the autograd graph, so gradients are those of
+    the uncached form; the weights must not change inside the block (the optimiser steps after it). A head with no
+    hooks registered (its own or global ones, checked on entering the block) is called without
+    ``Module.__call__``'s dispatch; one with hooks goes through it, so the hooks run. Other modules pass through
+    unchanged."""
+    cosine = [h for i, h in enumerate(heads) if isinstance(h, CosineHead) and h not in heads[:i]]
     shared: dict = {}
     plain_set = object.__setattr__  # (plain attributes: nn.Module.__setattr__'s parameter checks cost ~2 us each)
+    lazy = _LAZY_GRAD if torch.is_grad_enabled() else _LAZY_NO_GRAD
     for h in cosine:
-        plain_set(h, "_once", None)
-        if torch.is_autocast_enabled(h.weight.device.type):
-            with torch.autocast(device_type=h.weight.device.type, enabled=False):
-                plain_set(h, "_once", h.normalised())
-        else:
-            plain_set(h, "_once", h.normalised())
+        plain_set(h, "_once", lazy)
         plain_set(h, "_features", shared)
+        plain_set(h, "_direct", _no_hooks(h))
     try:
         yield
     finally:
         for h in cosine:
             plain_set(h, "_once", None)
             plain_set(h, "_features", None)
+            plain_set(h, "_direct", False)
 
 
 def random_unit_rows(num_classes: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
