@@ -15,6 +15,7 @@ from finessl_lab.algorithms.bms import (LearningPace, apply_margin_table, apply_
                                         margin_shape, margin_table)
 from finessl_lab.algorithms.dls import masked_mean, smoothed_targets, soft_cross_entropy
 from finessl_lab.algorithms.finessl import FineSSL
+from finessl_lab.algorithms.fixmatch import FixMatch
 from finessl_lab.build import build_experiment
 from finessl_lab.presets import resolve
 from finessl_lab.trainer import Trainer
@@ -129,11 +130,12 @@ def experiment():
 
 def run_steps(cfg, exp, steps=8, old=False):
     """``steps`` trainer steps (every third batch with repeated unlabeled samples), with :class:`OldFineSSL` if
-    ``old``; returns the trained parameters, the algorithm state, every step's logs and the trainer."""
+    ``old`` is True (or the class ``old``); returns the trained parameters, the algorithm state, every step's logs
+    and the trainer."""
     t = Trainer(cfg, None, experiment=exp, progress=False)
     if old:
         a = t.algorithm
-        t.algorithm = OldFineSSL(cfg.algorithm, a.num_classes, a.num_unlabeled, a.device)
+        t.algorithm = (OldFineSSL if old is True else old)(cfg.algorithm, a.num_classes, a.num_unlabeled, a.device)
     t.algorithm.on_epoch_start(0)
     logs = []
     for i, batch in enumerate(itertools.islice(t.exp.batches(0, steps), steps)):
@@ -395,3 +397,46 @@ def test_a_fixmatch_step_never_normalises_the_aux_head(experiment, monkeypatch):
     batch = next(iter(t.exp.batches(0, 1)))
     t._train_step(batch)
     assert calls == [t.exp.model.main]
+
+
+# -- the FixMatch template: one weak-view max for label and mask, no multiply by unlabeled_weight 1 ----------------
+class OldFixMatch(FixMatch):
+    """The base template's hooks as they were: argmax and max separately, the unlabeled loss always multiplied by
+    unlabeled_weight, both log means computed."""
+
+    def pseudo_label(self, probs_w):
+        return probs_w.argmax(dim=1)
+
+    def mask(self, probs_w):
+        return (probs_w.max(dim=1).values >= self.cfg.threshold).float()
+
+    def unlabeled_loss(self, heads, u, pl, mask, weight, logs):
+        per_sample = F.cross_entropy(heads.main(u.strong[0]).float(), pl, reduction="none")
+        loss = self.cfg.unlabeled_weight * (per_sample * weight).mean()
+        logs["loss_u"] = loss.detach()
+        return loss
+
+    def _step(self, heads, fx, y, u, u_index):
+        out = super()._step(heads, fx, y, u, u_index)
+        out.logs["weight_mean"] = out.weight.mean()
+        return out
+
+
+@pytest.mark.parametrize("sets", [[], ["algorithm.unlabeled_weight=2.0", "algorithm.threshold=0.3"]])
+def test_the_fixmatch_step_gives_the_bits_of_the_forms_it_replaced(experiment, sets):
+    cfg = resolve("embedded", sets=SMALL + ["algorithm.name=fixmatch"] + sets)
+    new, old = run_steps(cfg, experiment)[::2], run_steps(cfg, experiment, old=OldFixMatch)[::2]
+    assert_same_bits(new, old)
+    assert 0 < sum(float(r["mask_ratio"]) for r in new[1]) < len(new[1])  # the mask took part
+
+
+def test_weak_top_labels_are_argmax_with_ties_and_nan():
+    p = torch.tensor([[0.25, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25], [0.1, float("nan"), 0.9, 0.0],
+                      [0.0, 0.0, 0.3, 0.7]])
+    alg = FixMatch(resolve("embedded", sets=SMALL).algorithm, 4, 10)
+    assert torch.equal(alg.pseudo_label(p), p.argmax(dim=1))
+    assert torch.equal(alg.mask(p), (p.max(dim=1).values >= alg.cfg.threshold).float())
+    q = p.clone()
+    alg.pseudo_label(p)
+    p[3] = torch.tensor([0.9, 0.0, 0.1, 0.0])  # changed in place: not the cached max any more
+    assert torch.equal(alg.pseudo_label(p), p.argmax(dim=1)) and not torch.equal(p, q)

@@ -78,7 +78,7 @@ class FineSSL(Algorithm):
         return self.opts.dls and not self.opts.smoothing_on_main
 
     def _aux_in(self, f: Tensor) -> Tensor:
-        return f.detach() if self.opts.detach_aux else f
+        return f.detach() if self.opts.detach_aux and f.requires_grad else f  # (cached features: nothing to cut)
 
     # 1. margins (from the pace before the batch) ... 4. pace update after the losses
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
