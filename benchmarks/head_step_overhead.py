@@ -77,8 +77,10 @@ class Bare:
         return w, (s.exp() if s is not None else self.p[f"{name}.logit_scale"])
 
     def step(self, b) -> None:
-        (wm, sm), (wa, sa) = self.head("main"), self.head("aux")
+        wm, sm = self.head("main")
         x, uw = F.normalize(b.x, dim=-1), F.normalize(b.u_weak, dim=-1)
+        if self.algorithm != "fixmatch":  # (FixMatch reads no aux head)
+            wa, sa = self.head("aux")
         with torch.no_grad():
             conf, pl = torch.softmax(sm * (uw @ wm.t()), 1).max(1)
             psi = torch.softmax(sa * (uw @ wa.t()), 1).max(1).values if self.algorithm != "fixmatch" else None
