@@ -277,7 +277,7 @@ def test_pseudo_label_monitor_counts_as_the_per_step_form():
     c = 5
     new, old = PseudoLabelMonitor(c), OldMonitor(c)
     for step in range(12):
-        u = [7, 7, 3, 9][step % 4]  # the batch size changes (the scratch rows are rebuilt)
+        u = [7, 7, 3, 9][step % 4]  # the batch size changes
         pl = torch.randint(0, c, (u,), generator=g)
         y = torch.where(torch.rand(u, generator=g) < 0.5, pl, torch.randint(0, c, (u,), generator=g))
         mask = (torch.rand(u, generator=g) < 0.6).float()
