@@ -440,3 +440,20 @@ def test_weak_top_labels_are_argmax_with_ties_and_nan():
     alg.pseudo_label(p)
     p[3] = torch.tensor([0.9, 0.0, 0.1, 0.0])  # changed in place: not the cached max any more
     assert torch.equal(alg.pseudo_label(p), p.argmax(dim=1)) and not torch.equal(p, q)
+
+
+def test_unit_rows_are_the_bits_of_F_normalize_forward_and_backward():
+    from finessl_lab.models.heads import unit_rows
+
+    g = torch.Generator().manual_seed(5)
+    for shape in [(7, 1280), (10, 3), (1, 5)]:
+        x = torch.randn(*shape, generator=g) * 3
+        x[0] = 0.0  # a zero row: the clamp decides
+        up = torch.randn(*shape, generator=g)
+        out = []
+        for f in (unit_rows, lambda t: F.normalize(t, dim=-1)):
+            t = x.clone().requires_grad_(True)
+            y = f(t)
+            (y * up).sum().backward()
+            out.append((y.detach(), t.grad))
+        assert_same_bits(out[0], out[1])

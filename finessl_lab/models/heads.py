@@ -11,7 +11,6 @@ in fp32 with autocast disabled, so a bf16/fp16 autocast region never degrades th
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -66,18 +65,18 @@ class CosineHead(nn.Module):
         if once is _LAZY_GRAD or once is _LAZY_NO_GRAD:
             # in the grad mode of the block's entry (the first call may come inside the step's no_grad region,
             # yet the losses after it need the graph), in fp32 outside any autocast region
-            with torch.set_grad_enabled(once is _LAZY_GRAD):
-                if torch.is_autocast_enabled(self.weight.device.type):
-                    with torch.autocast(device_type=self.weight.device.type, enabled=False):
-                        once = self._normalise()
-                else:
+            grad, dev = once is _LAZY_GRAD, self.weight.device.type
+            if grad == torch.is_grad_enabled() and not torch.is_autocast_enabled(dev):
+                once = self._normalise()
+            else:
+                with torch.set_grad_enabled(grad), torch.autocast(device_type=dev, enabled=False):
                     once = self._normalise()
             object.__setattr__(self, "_once", once)
         return once
 
     def _normalise(self) -> tuple[Tensor, Tensor]:
         w = self.weight
-        return F.normalize(w if w.dtype == torch.float32 else w.float(), dim=-1), self.scale
+        return unit_rows(w if w.dtype == torch.float32 else w.float()), self.scale
 
     @torch.no_grad()
     def init_weight(self, weight: Tensor) -> None:
@@ -97,7 +96,7 @@ class CosineHead(nn.Module):
         cache = self._features
         x = features if features.dtype == torch.float32 else features.float()
         if cache is None:
-            return F.normalize(x, dim=-1)
+            return unit_rows(x)
         key = (features.data_ptr(), features.shape, features.stride(), features.dtype, features._version)
         hit = cache.get(key)
         if hit is not None:
@@ -106,7 +105,7 @@ class CosineHead(nn.Module):
                 return f.detach() if f.requires_grad else f
             if f.requires_grad:
                 return f
-        f = F.normalize(x, dim=-1)
+        f = unit_rows(x)
         cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
         return f
 
@@ -131,6 +130,12 @@ class CosineHead(nn.Module):
                 f"scale_param={self.scale_param}")
 
 
+def unit_rows(x: Tensor) -> Tensor:
+    """``F.normalize(x, dim=-1)``: the same ops (so the same bits, forward and backward) without its Python layers
+    (``F.normalize`` -> ``Tensor.norm`` -> ``torch.functional.norm``), called five times per training step."""
+    return x / torch.linalg.vector_norm(x, 2, -1, True).clamp_min(1e-12).expand_as(x)
+
+
 # CosineHead._once inside normalised_once() before the head's first call: the grad mode on entering the block
 _LAZY_GRAD, _LAZY_NO_GRAD = object(), object()
 
@@ -144,8 +149,7 @@ def _no_hooks(m: nn.Module) -> bool:
                 or m._compiled_call_impl is not None or torch._C._get_tracing_state())
 
 
-@contextmanager
-def normalised_once(*heads):
+class normalised_once:  # noqa: N801 (used as a function: ``with normalised_once(main, aux):``)
     """Inside the block, each :class:`CosineHead` among ``heads`` normalises its weight (and exponentiates its log
     scale) once, on its first call, however often it is called (a training step calls the heads up to six times;
     a head the step never calls, as FixMatch's aux head, costs nothing), and each input feature tensor is
@@ -153,22 +157,29 @@ def normalised_once(*heads):
     the uncached form; the weights must not change inside the block (the optimiser steps after it). A head with no
     hooks registered (its own or global ones, checked on entering the block) is called without
     ``Module.__call__``'s dispatch; one with hooks goes through it, so the hooks run. Other modules pass through
-    unchanged."""
-    cosine = [h for i, h in enumerate(heads) if isinstance(h, CosineHead) and h not in heads[:i]]
-    shared: dict = {}
-    plain_set = object.__setattr__  # (plain attributes: nn.Module.__setattr__'s parameter checks cost ~2 us each)
-    lazy = _LAZY_GRAD if torch.is_grad_enabled() else _LAZY_NO_GRAD
-    for h in cosine:
-        plain_set(h, "_once", lazy)
-        plain_set(h, "_features", shared)
-        plain_set(h, "_direct", _no_hooks(h))
-    try:
-        yield
-    finally:
-        for h in cosine:
+    unchanged. (A class rather than a generator context manager: entered once per training step.)"""
+
+    __slots__ = ("heads",)
+
+    def __init__(self, *heads):
+        self.heads = [h for i, h in enumerate(heads) if isinstance(h, CosineHead) and h not in heads[:i]]
+
+    def __enter__(self):
+        shared: dict = {}
+        plain_set = object.__setattr__  # (plain attributes: nn.Module.__setattr__'s checks cost ~2 us each)
+        lazy = _LAZY_GRAD if torch.is_grad_enabled() else _LAZY_NO_GRAD
+        for h in self.heads:
+            plain_set(h, "_once", lazy)
+            plain_set(h, "_features", shared)
+            plain_set(h, "_direct", _no_hooks(h))
+
+    def __exit__(self, *exc):
+        plain_set = object.__setattr__
+        for h in self.heads:
             plain_set(h, "_once", None)
             plain_set(h, "_features", None)
             plain_set(h, "_direct", False)
+        return False
 
 
 def random_unit_rows(num_classes: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
