@@ -111,6 +111,8 @@ class CosineHead(nn.Module):
 
     def __call__(self, *args, **kwargs):
         if self._direct:  # (no hooks to run: skip Module.__call__'s dispatch, ~1-2 us a call)
+            if len(args) == 1 and not kwargs and not torch.is_autocast_enabled(args[0].device.type):
+                return self._forward(args[0])  # (forward's own path without autocast)
             return self.forward(*args, **kwargs)
         return super().__call__(*args, **kwargs)
 
@@ -122,7 +124,8 @@ class CosineHead(nn.Module):
 
     def _forward(self, features: Tensor) -> Tensor:
         f = self._unit_features(features)
-        w, scale = self.normalised()
+        once = self._once
+        w, scale = once if type(once) is tuple else self.normalised()
         return scale * (f @ w.t())
 
     def extra_repr(self) -> str:
