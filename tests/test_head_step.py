@@ -457,3 +457,19 @@ def test_unit_rows_are_the_bits_of_F_normalize_forward_and_backward():
             (y * up).sum().backward()
             out.append((y.detach(), t.grad))
         assert_same_bits(out[0], out[1])
+
+
+def test_lazy_normalisation_under_autocast_computes_in_fp32_with_the_graph():
+    from finessl_lab.models.heads import normalised_once
+
+    main, _ = _two_heads()
+    x = torch.randn(5, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = main(x)
+        with normalised_once(main):
+            with torch.no_grad():
+                first = main(x)
+            again = main(x)
+            assert main._once[0].dtype == torch.float32 and main._once[0].requires_grad
+    assert plain.dtype == first.dtype == again.dtype == torch.float32
+    assert torch.equal(plain, first) and torch.equal(plain, again)

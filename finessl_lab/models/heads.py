@@ -66,11 +66,16 @@ class CosineHead(nn.Module):
             # in the grad mode of the block's entry (the first call may come inside the step's no_grad region,
             # yet the losses after it need the graph), in fp32 outside any autocast region
             grad, dev = once is _LAZY_GRAD, self.weight.device.type
-            if grad == torch.is_grad_enabled() and not torch.is_autocast_enabled(dev):
-                once = self._normalise()
-            else:
+            if torch.is_autocast_enabled(dev):
                 with torch.set_grad_enabled(grad), torch.autocast(device_type=dev, enabled=False):
                     once = self._normalise()
+            else:  # (the common case: no context-manager objects, ~10 us a step)
+                before = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(grad)
+                try:
+                    once = self._normalise()
+                finally:
+                    torch._C._set_grad_enabled(before)
             object.__setattr__(self, "_once", once)
         return once
 
