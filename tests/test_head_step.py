@@ -317,7 +317,7 @@ def test_a_head_is_normalised_on_its_first_call_in_the_blocks_grad_mode(monkeypa
     main, aux = _two_heads()
     calls = []
     real = CosineHead._normalise
-    monkeypatch.setattr(CosineHead, "_normalise", lambda self: calls.append(self) or real(self))
+    monkeypatch.setattr(CosineHead, "_normalise", lambda self, *a: calls.append(self) or real(self, *a))
     x = torch.randn(5, 6)
     with normalised_once(main, aux):
         assert calls == []  # nothing normalised on entering
@@ -393,7 +393,7 @@ def test_a_fixmatch_step_never_normalises_the_aux_head(experiment, monkeypatch):
     t = Trainer(cfg, None, experiment=experiment, progress=False)
     calls = []
     real = CosineHead._normalise
-    monkeypatch.setattr(CosineHead, "_normalise", lambda self: calls.append(self) or real(self))
+    monkeypatch.setattr(CosineHead, "_normalise", lambda self, *a: calls.append(self) or real(self, *a))
     batch = next(iter(t.exp.batches(0, 1)))
     t._train_step(batch)
     assert calls == [t.exp.model.main]

@@ -65,22 +65,24 @@ class CosineHead(nn.Module):
         if once is _LAZY_GRAD or once is _LAZY_NO_GRAD:
             # in the grad mode of the block's entry (the first call may come inside the step's no_grad region,
             # yet the losses after it need the graph), in fp32 outside any autocast region
-            grad, dev = once is _LAZY_GRAD, self.weight.device.type
+            w = self.weight
+            grad, dev = once is _LAZY_GRAD, w.device.type
             if torch.is_autocast_enabled(dev):
                 with torch.set_grad_enabled(grad), torch.autocast(device_type=dev, enabled=False):
-                    once = self._normalise()
+                    once = self._normalise(w)
             else:  # (the common case: no context-manager objects, ~10 us a step)
                 before = torch.is_grad_enabled()
                 torch._C._set_grad_enabled(grad)
                 try:
-                    once = self._normalise()
+                    once = self._normalise(w)
                 finally:
                     torch._C._set_grad_enabled(before)
             object.__setattr__(self, "_once", once)
         return once
 
-    def _normalise(self) -> tuple[Tensor, Tensor]:
-        w = self.weight
+    def _normalise(self, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if w is None:
+            w = self.weight
         return unit_rows(w if w.dtype == torch.float32 else w.float()), self.scale
 
     @torch.no_grad()
