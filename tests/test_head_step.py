@@ -270,12 +270,13 @@ class OldMonitor:
         self.counts.index_add_(0, r.pseudo_label, m.long())
 
 
-def test_pseudo_label_monitor_counts_as_the_per_step_form():
+@pytest.mark.parametrize("count_every", [1, 5, 64])  # counted every step, every 5 steps, only when read
+def test_pseudo_label_monitor_counts_as_the_per_step_form(count_every):
     from finessl_lab.hooks import PseudoLabelMonitor, StepRecord
 
     g = torch.Generator().manual_seed(3)
     c = 5
-    new, old = PseudoLabelMonitor(c), OldMonitor(c)
+    new, old = PseudoLabelMonitor(c, count_every=count_every), OldMonitor(c)
     for step in range(12):
         u = [7, 7, 3, 9][step % 4]  # the batch size changes
         pl = torch.randint(0, c, (u,), generator=g)
@@ -283,13 +284,15 @@ def test_pseudo_label_monitor_counts_as_the_per_step_form():
         mask = (torch.rand(u, generator=g) < 0.6).float()
         if step % 3 == 1:
             mask = mask * 0.5  # a non-0/1 weight: counted where > 0
+        elif step % 5 == 0:
+            mask = mask > 0  # a boolean mask
         ood = torch.rand(u, generator=g) < 0.2 if step % 2 else None
         r = StepRecord(step, 0, {}, None, None, None, pl, mask, mask, y, ood)
         new.on_step(r)
         old.on_step(r)
         if step == 5:  # a checkpoint mid-epoch reads the table; a resumed monitor continues from the state
             state = new.state_dict()
-            new = PseudoLabelMonitor(c)
+            new = PseudoLabelMonitor(c, count_every=count_every)
             new.load_state_dict(state)
     state = new.state_dict()
     assert state["counts"].tolist() == old.counts.tolist()
