@@ -476,3 +476,21 @@ def test_lazy_normalisation_under_autocast_computes_in_fp32_with_the_graph():
             assert main._once[0].dtype == torch.float32 and main._once[0].requires_grad
     assert plain.dtype == first.dtype == again.dtype == torch.float32
     assert torch.equal(plain, first) and torch.equal(plain, again)
+
+
+def test_cached_feature_rows_keep_values_and_the_graph_of_each_input():
+    """Inside the block a detached view reuses the rows of its input, detached; an input needing the graph after
+    its detached view was seen gets rows with the graph. The values are those outside the block."""
+    from finessl_lab.models.heads import normalised_once
+
+    main, aux = _two_heads()
+    a, c = torch.randn(5, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    plain = [main(a), aux(a.detach()), aux(c.detach()), main(c)]
+    with normalised_once(main, aux):
+        cached = [main(a), aux(a.detach()), aux(c.detach()), main(c)]
+    assert [t.requires_grad for t in cached] == [True, True, True, True]  # (the heads' own weights need grad)
+    assert_same_bits([t.detach() for t in cached], [t.detach() for t in plain])
+    (cached[1].sum() + cached[2].sum()).backward()
+    assert a.grad is None and c.grad is None  # the detached views passed no gradient to the inputs
+    cached[3].sum().backward()
+    assert c.grad is not None and a.grad is None

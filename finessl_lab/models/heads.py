@@ -97,25 +97,6 @@ class CosineHead(nn.Module):
 
     _features: dict | None = None  # inside normalised_once(): unit-norm features shared by the heads
 
-    def _unit_features(self, features: Tensor) -> Tensor:
-        """``normalize(features)``; inside ``normalised_once`` computed once per input tensor for all heads (the
-        main and aux heads read the same views; a detached input reuses the normalised rows, detached)."""
-        cache = self._features
-        x = features if features.dtype == torch.float32 else features.float()
-        if cache is None:
-            return unit_rows(x)
-        key = (features.data_ptr(), features.shape, features.stride(), features.dtype, features._version)
-        hit = cache.get(key)
-        if hit is not None:
-            f = hit[1]
-            if not features.requires_grad:  # a detached view of a cached input: the rows, detached
-                return f.detach() if f.requires_grad else f
-            if f.requires_grad:
-                return f
-        f = unit_rows(x)
-        cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
-        return f
-
     def __call__(self, *args, **kwargs):
         if self._direct:  # (no hooks to run: skip Module.__call__'s dispatch, ~1-2 us a call)
             if len(args) == 1 and not kwargs and not torch.is_autocast_enabled(args[0].device.type):
@@ -130,7 +111,26 @@ class CosineHead(nn.Module):
         return self._forward(features)  # no autocast region to leave (the fp32 path: ~8 us less per call)
 
     def _forward(self, features: Tensor) -> Tensor:
-        f = self._unit_features(features)
+        # unit rows of the features; inside normalised_once computed once per input tensor for all heads (the main
+        # and aux heads read the same views; a detached input reuses the normalised rows, detached). Written
+        # inline, unit_rows' ops included: this runs six times per training step.
+        x = features if features.dtype == torch.float32 else features.float()
+        cache = self._features
+        f = None
+        if cache is not None:
+            key = (features.data_ptr(), features.shape, features.stride(), features.dtype, features._version)
+            hit = cache.get(key)
+            if hit is not None:
+                f = hit[1]
+                if not features.requires_grad:
+                    if f.requires_grad:
+                        f = f.detach()
+                elif not f.requires_grad:  # cached from a detached view: this input needs the graph
+                    f = None
+        if f is None:
+            f = x / torch.linalg.vector_norm(x, 2, -1, True).clamp_min(1e-12).expand_as(x)  # = unit_rows(x)
+            if cache is not None:
+                cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
         once = self._once
         w, scale = once if type(once) is tuple else self.normalised()
         return scale * (f @ w.t())
