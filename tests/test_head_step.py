@@ -494,3 +494,19 @@ def test_cached_feature_rows_keep_values_and_the_graph_of_each_input():
     assert a.grad is None and c.grad is None  # the detached views passed no gradient to the inputs
     cached[3].sum().backward()
     assert c.grad is not None and a.grad is None
+
+
+@pytest.mark.parametrize("precision, expected", [
+    ("fp32", False),
+    pytest.param("bf16", True, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 needs CUDA"))])
+def test_the_step_runs_in_an_autocast_region_exactly_for_autocast_precisions(experiment, precision, expected):
+    dev = "cuda" if precision == "bf16" else "cpu"
+    if precision == "fp32":  # (the module's experiment: precision auto = fp32 on CPU)
+        t = Trainer(resolve("embedded", sets=SMALL), None, experiment=experiment, progress=False)
+    else:
+        cfg = resolve("embedded", sets=SMALL + [f"run.precision={precision}", f"run.device={dev}"])
+        t = Trainer(cfg, None, progress=False)
+    seen, step = [], t.algorithm.step
+    t.algorithm.step = lambda *a, **k: seen.append(torch.is_autocast_enabled(dev)) or step(*a, **k)
+    record = t._train_step(next(iter(t.exp.batches(0, 1))))
+    assert seen == [expected] and record.probs_main.dtype == torch.float32
