@@ -73,7 +73,13 @@ class PseudoLabelMonitor(Hook):
     """Per-epoch pseudo-label quality: accuracy over all and over masked samples, mask ratio, and the
     normalised entropy of the class distribution of masked pseudo-labels (1 = perfectly balanced).
 
-    The counts are summed on the training device and read once per epoch: ``on_step`` never syncs the host."""
+    The counts are summed on the training device and read once per epoch: ``on_step`` never syncs the host and
+    launches no op either. It keeps the step's ``pseudo_label``, ``mask``, ``y_true`` and ``is_ood`` (references,
+    not copies: hooks must not modify a record's tensors in place) and counts every ``count_every`` steps, and
+    whenever it is read, in one batch: each row falls in one of four cells per pseudo-label class (masked or not x
+    correct or not), and one ``index_add_`` counts the rows per cell into a [4 C] table (~10 small ops per batch of
+    steps instead of ~6 per step, which cost ~40 us a step on a 2-core CPU). ``counts`` (masked pseudo-labels per
+    class) and the integer fields are brought up to date when they are read (``on_epoch_end``, ``state_dict``)."""
     num_classes: int
     name: str = "pseudo_labels"
     counts: Tensor = field(init=False)
@@ -81,36 +87,67 @@ class PseudoLabelMonitor(Hook):
     correct: int = 0
     masked: int = 0
     masked_correct: int = 0
+    count_every: int = 64  # steps kept before they are counted (memory: ~(17 + 4 C / U) bytes per row kept)
 
     def __post_init__(self):
         self.counts = torch.zeros(self.num_classes, dtype=torch.long)
-        self._sums: Tensor | None = None  # [3] on the device: correct, masked, masked_correct of this epoch so far
+        self._steps: list[tuple] = []  # (pseudo_label, mask, y_true, is_ood) of the steps not counted yet
+        # on the device: rows per cell pl + C * masked + 2 C * correct, this epoch so far
+        self._table: Tensor | None = None
 
     def on_step(self, r: StepRecord) -> None:
-        if r.pseudo_label is None:
+        pl = r.pseudo_label
+        if pl is None:
             return
-        pl, dev = r.pseudo_label, r.pseudo_label.device
-        y, m = r.y_true.to(dev), r.mask.to(dev) > 0
-        ok = pl == y
-        if r.is_ood is not None:
-            ok &= ~r.is_ood.to(dev)
-        if self.counts.device != dev:
-            self.counts = self.counts.to(dev)
-        if self._sums is None:
-            self._sums = torch.zeros(3, dtype=torch.long, device=dev)
-        self.seen += len(pl)
-        self._sums += torch.stack([ok.sum(), m.sum(), (ok & m).sum()])
-        self.counts.index_add_(0, pl, m.long())
+        self.seen += pl.shape[0]
+        self._steps.append((pl, r.mask, r.y_true, r.is_ood))
+        if len(self._steps) >= self.count_every:
+            self._count()
 
-    def _read(self) -> None:
-        """Move the device sums into the integer fields (one host read)."""
-        if self._sums is not None:
-            c, m, mc = self._sums.tolist()
+    def _count(self) -> None:
+        """Count the kept steps' rows into the device table (no host sync)."""
+        steps, self._steps = self._steps, []
+        if not steps:
+            return
+        dev = steps[0][0].device
+
+        def joined(i: int) -> Tensor:
+            parts = [s[i].to(dev) for s in steps]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        pl, m, y = joined(0), joined(1), joined(2)
+        if m.dtype != torch.bool:
+            m = m > 0
+        ok = pl == y
+        if any(s[3] is not None for s in steps):
+            ood = [s[3].to(dev) if s[3] is not None else torch.zeros(s[0].shape[0], dtype=torch.bool, device=dev)
+                   for s in steps]
+            ok = ok > (ood[0] if len(ood) == 1 else torch.cat(ood))  # correct and in-distribution (bools)
+        c = self.num_classes
+        cell = torch.add(pl, m, alpha=c).add_(ok, alpha=2 * c)
+        table = self._table
+        if table is None or table.device != dev:
+            self._fold_table()
+            table = self._table = torch.zeros(4 * c, dtype=torch.long, device=dev)
+        table.index_add_(0, cell, torch.ones_like(cell))
+
+    def _fold(self) -> None:
+        """Count the kept steps and move the device table into ``counts`` and the integer fields (one host read)."""
+        self._count()
+        self._fold_table()
+
+    def _fold_table(self) -> None:
+        t = self._table
+        if t is not None:
+            self._table = None
+            t = t.view(4, self.num_classes)  # [not masked, masked, correct & not masked, correct & masked]
+            masked = t[1] + t[3]
+            m, c, mc = torch.stack([masked.sum(), t[2:].sum(), t[3].sum()]).tolist()
             self.correct, self.masked, self.masked_correct = self.correct + c, self.masked + m, self.masked_correct + mc
-            self._sums = None
+            self.counts = self.counts.to(t.device) + masked
 
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
-        self._read()
+        self._fold()
         if not self.seen:
             return None
         out = {"pl_acc": 100.0 * self.correct / self.seen,
@@ -121,12 +158,12 @@ class PseudoLabelMonitor(Hook):
         return out
 
     def state_dict(self) -> dict:
-        self._read()
+        self._fold()
         return {"counts": self.counts.cpu().clone(), "seen": self.seen, "correct": self.correct,
                 "masked": self.masked, "masked_correct": self.masked_correct}
 
     def load_state_dict(self, state: dict) -> None:
-        self._sums = None
+        self._table, self._steps = None, []
         self.counts = state.get("counts", torch.zeros(self.num_classes, dtype=torch.long)).clone()
         for k in ("seen", "correct", "masked", "masked_correct"):
             setattr(self, k, state.get(k, 0))

@@ -12,7 +12,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
 
@@ -206,6 +206,27 @@ class StepLogs:
         return out
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # per batch dataclass: its field names (fields() per step costs)
+
+
+def _off_device(batch, device) -> bool:
+    """True if a tensor of ``batch`` (a dataclass of tensors and Nones) lies elsewhere than on ``device``."""
+    names = _FIELD_NAMES.get(type(batch))
+    if names is None:
+        names = _FIELD_NAMES[type(batch)] = tuple(f.name for f in fields(batch))
+    if device.type == "cpu":  # (is_cpu: no device object per tensor)
+        for name in names:
+            t = getattr(batch, name)
+            if t is not None and not t.is_cpu:
+                return True
+        return False
+    for name in names:
+        t = getattr(batch, name)
+        if t is not None and t.device != device:
+            return True
+    return False
+
+
 class HookError(RuntimeError):
     """A hook raised: names the hook, the step and the last checkpoint, with the resume hint. The hook's own
     exception is chained (``__cause__``)."""
@@ -342,6 +363,7 @@ class Trainer:
                                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.scaler = grad_scaler(e.device, e.precision)
+        self._autocast = not isinstance(autocast(e.device, e.precision), nullcontext)  # bf16/fp16 autocast steps
         self.step = 0
         self.rows: list[dict] = []
         self.accum: dict[str, float] = {}
@@ -444,23 +466,14 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------------------
     def _train_step(self, batch) -> StepRecord | None:
         e, cfg = self.exp, self.cfg
-        model = e.model
-        if any(t is not None and t.device != e.device for t in (getattr(batch, f.name) for f in fields(batch))):
+        if _off_device(batch, e.device):
             batch = batch.to(e.device, non_blocking=True)
         batch = batch.normalized(getattr(e.transforms, "mean", None), getattr(e.transforms, "std", None))  # uint8 views
-        views = [batch.x] + ([batch.u_weak, batch.u_strong1, batch.u_strong2] if batch.u_weak is not None else [])
-        sizes = [len(v) for v in views]
-        with autocast(e.device, e.precision):
-            if self._ddp is not None:  # torchrun: the same step inside DDP, which averages the gradients
-                out = self._ddp(torch.cat(views).to(weight_dtype(e.precision)), sizes, batch.y, batch.u_index)
-            else:
-                if model.backbone is None:  # feature-cache mode: the views are the features (no copy into one batch)
-                    wd = weight_dtype(e.precision)
-                    feats = [v if v.dtype == wd else v.to(wd) for v in views]
-                else:
-                    feats = model.features(torch.cat(views).to(weight_dtype(e.precision))).split(sizes)
-                u = UnlabeledViews(feats[1], [feats[2], feats[3]]) if len(feats) > 1 else None
-                out = self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
+        if self._autocast:
+            with autocast(e.device, e.precision):
+                out = self._forward(batch)
+        else:  # (entering the nullcontext cost two Python frames per step)
+            out = self._forward(batch)
         # one host sync per step, only with nan_policy=skip; every rank skips the same step under torchrun
         if cfg.run.nan_policy == "skip" and not distributed.all_true(torch.isfinite(out.loss)):
             if self._ddp is not None:
@@ -470,14 +483,35 @@ class Trainer:
             self.scheduler.step()
             return None
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():  # fp16: loss scaling
+            self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:  # (what the disabled scaler's calls reduce to)
+            out.loss.backward()
+            self.optimizer.step()
         self.scheduler.step()
         self._logs.add(self.step, out.loss, out.logs, cfg.run.steps_per_epoch)  # on the device: no sync
         return StepRecord(self.step, self.step // cfg.run.steps_per_epoch, out.logs, batch.u_index,
                           out.probs_main, out.probs_aux, out.pseudo_label, out.mask, out.weight,
                           batch.u_true, batch.u_ood)
+
+    def _forward(self, batch):
+        """The step's forward: the algorithm's losses on the batch's views (features, or images through the
+        backbone), inside DDP under torchrun."""
+        e = self.exp
+        model = e.model
+        labeled_only = batch.u_weak is None
+        views = [batch.x] if labeled_only else [batch.x, batch.u_weak, batch.u_strong1, batch.u_strong2]
+        wd = weight_dtype(e.precision)
+        if self._ddp is not None:  # torchrun: the same step inside DDP, which averages the gradients
+            return self._ddp(torch.cat(views).to(wd), [v.shape[0] for v in views], batch.y, batch.u_index)
+        if model.backbone is None:  # feature-cache mode: the views are the features (no copy into one batch)
+            feats = [v if v.dtype == wd else v.to(wd) for v in views]
+        else:
+            feats = model.features(torch.cat(views).to(wd)).split([v.shape[0] for v in views])
+        u = None if labeled_only else UnlabeledViews(feats[1], [feats[2], feats[3]])
+        return self.algorithm.step(Heads(model.main, model.aux), feats[0], batch.y, u, batch.u_index)
 
     def _fold_logs(self, agree: bool = True) -> dict:
         """Read this window's step logs (one host read) into ``accum``; nan_policy=stop raises NonFiniteLoss for the

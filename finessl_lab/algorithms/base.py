@@ -89,7 +89,7 @@ def fp32(t: Tensor) -> Tensor:
 
 def probs(logits: Tensor) -> Tensor:
     """Softmax in fp32, detached."""
-    return torch.softmax(fp32(logits.detach()), dim=1)
+    return torch.softmax(fp32(logits.detach() if logits.requires_grad else logits), dim=1)
 
 
 class Algorithm:
@@ -113,10 +113,19 @@ class Algorithm:
         """See the weak-view predictions of unlabeled samples ``index`` before the losses are formed."""
 
     def pseudo_label(self, probs_w: Tensor) -> Tensor:
-        return probs_w.argmax(dim=1)
+        return self.weak_top(probs_w).indices  # = probs_w.argmax(dim=1) (the first maximum, as argmax)
 
     def mask(self, probs_w: Tensor) -> Tensor:
-        return (probs_w.max(dim=1).values >= self.cfg.threshold).float()
+        return (self.weak_top(probs_w).values >= self.cfg.threshold).float()
+
+    _top_memo: tuple | None = None  # (probs_w, its version, probs_w.max(dim=1)) within a step
+
+    def weak_top(self, probs_w: Tensor):
+        """``probs_w.max(dim=1)`` (confidence, label), computed once per step for the hooks that read it."""
+        top = self._top_memo
+        if top is None or top[0] is not probs_w or top[1] != probs_w._version:
+            top = self._top_memo = (probs_w, probs_w._version, probs_w.max(dim=1))
+        return top[2]
 
     def aux_probs(self, heads: Heads, u: UnlabeledViews) -> Tensor | None:
         return None
@@ -125,14 +134,16 @@ class Algorithm:
         return mask
 
     def supervised_loss(self, heads: Heads, fx: Tensor, y: Tensor, logs: dict) -> Tensor:
-        loss = F.cross_entropy(heads.main(fx).float(), y)
+        loss = F.cross_entropy(fp32(heads.main(fx)), y)
         logs["loss_x"] = loss.detach()
         return loss
 
     def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
                        logs: dict) -> Tensor:
-        per_sample = F.cross_entropy(heads.main(u.strong[0]).float(), pl, reduction="none")
-        loss = self.cfg.unlabeled_weight * (per_sample * weight).mean()
+        per_sample = F.cross_entropy(fp32(heads.main(u.strong[0])), pl, reduction="none")
+        loss = (per_sample * weight).mean()
+        if self.cfg.unlabeled_weight != 1.0:  # (x * 1.0 is x: the same loss and gradients without the op)
+            loss = self.cfg.unlabeled_weight * loss
         logs["loss_u"] = loss.detach()
         return loss
 
@@ -173,8 +184,9 @@ class Algorithm:
         weight = self.weight(probs_w, probs_aux, mask)
         loss = self.supervised_loss(heads, fx, y, logs) + self.unlabeled_loss(heads, u, pl, mask, weight, logs)
         self.after_losses(u_index, probs_w)
+        self._top_memo = None  # (holds this step's probabilities)
         logs["mask_ratio"] = mask.mean()
-        logs["weight_mean"] = weight.mean()
+        logs["weight_mean"] = logs["mask_ratio"] if weight is mask else weight.mean()
         return StepOutput(loss, logs, probs_w, probs_aux, pl, mask, weight)
 
     # -- state -------------------------------------------------------------------------------------------

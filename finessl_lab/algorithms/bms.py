@@ -100,14 +100,13 @@ class LearningPace:
         conf, pred = probs.max(dim=1) if top is None else top
         index, conf, pred = gather_rows(index, conf, pred)  # torchrun: the global batch, so every rank keeps the same pace
         dev = self._slots.device
-        if index.device != dev or conf.device != dev:
-            index, conf, pred = index.to(dev), conf.to(dev), pred.to(dev)
+        index, conf, pred = index.to(dev), conf.to(dev), pred.to(dev)  # (no-ops on the slots' device)
         confident = conf >= self.zeta
         # a sample may appear twice in a batch: its last writing occurrence wins (a non-writing one changes nothing)
         b = index.numel()
-        if b <= self.PAIRWISE_MAX:
+        later, spare, minus1, sign = self._constants(b, dev)  # later: [B, B] k > j, or None for large batches
+        if later is not None:
             # live = writes here and no later writing occurrence of the same sample
-            later = self._constants(b, dev)[0]                       # [B, B]: k > j
             shadowed = (index.unsqueeze(1) == index) & later         # [j, k]: k is a later occurrence of j's sample
             if self.write == "confident":
                 live = confident > (shadowed & confident).any(dim=1)  # bool: writes and not shadowed by a later write
@@ -115,7 +114,6 @@ class LearningPace:
                 live = ~shadowed.any(dim=1)
         else:
             live = self._live_sorted(index, confident)
-        spare, minus1, sign = self._constants(b, dev)[1:]
         new = torch.where(live & confident if self.write == "all" else live, pred, minus1)
         target = torch.where(live, index, spare)  # the others write -1 into the spare slot
         old = self._slots.index_select(0, target)

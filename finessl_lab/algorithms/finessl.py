@@ -78,7 +78,7 @@ class FineSSL(Algorithm):
         return self.opts.dls and not self.opts.smoothing_on_main
 
     def _aux_in(self, f: Tensor) -> Tensor:
-        return f.detach() if self.opts.detach_aux else f
+        return f.detach() if self.opts.detach_aux and f.requires_grad else f  # (cached features: nothing to cut)
 
     # 1. margins (from the pace before the batch) ... 4. pace update after the losses
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
@@ -99,10 +99,11 @@ class FineSSL(Algorithm):
         return top if top is not None else probs_w.max(dim=1)
 
     def pseudo_label(self, probs_w: Tensor) -> Tensor:
-        return self._top(probs_w).indices  # = probs_w.argmax(dim=1) (first maximum, as argmax)
+        top = self._step_cache.get("top") or self._top(probs_w)  # (the method only outside a step)
+        return top.indices  # = probs_w.argmax(dim=1) (first maximum, as argmax)
 
     def mask(self, probs_w: Tensor) -> Tensor:
-        keep = self._top(probs_w).values >= self.cfg.threshold
+        keep = (self._step_cache.get("top") or self._top(probs_w)).values >= self.cfg.threshold
         self._step_cache["keep"] = keep  # the boolean form for the aux head's masked mean
         return keep.float()
 
@@ -151,7 +152,8 @@ class FineSSL(Algorithm):
     def supervised_loss(self, heads: Heads, fx: Tensor, y: Tensor, logs: dict) -> Tensor:
         logits = fp32(heads.main(fx))
         if self.opts.bms_supervised:
-            logits = apply_margin_table(logits, y, self._margin_table())
+            table = self._step_cache.get("table")  # (this step's, or built from the margins outside a step)
+            logits = apply_margin_table(logits, y, table if table is not None else self._margin_table())
         loss = F.cross_entropy(logits, y)
         logs["loss_x"] = loss.detach()
         if self.uses_aux:
@@ -174,7 +176,9 @@ class FineSSL(Algorithm):
     def unlabeled_loss(self, heads: Heads, u: UnlabeledViews, pl: Tensor, mask: Tensor, weight: Tensor,
                        logs: dict) -> Tensor:
         pl2, weight2 = self._repeat(pl), self._repeat(weight)
-        logits = apply_margin_table(fp32(heads.main(self._views(u, 0))), pl2, self._margin_table())
+        table = self._step_cache.get("table")
+        logits = apply_margin_table(fp32(heads.main(self._views(u, 0))), pl2,
+                                    table if table is not None else self._margin_table())
         if self.opts.smoothing_on_main:
             per_sample = soft_cross_entropy(logits, self._smooth(pl2))
         else:

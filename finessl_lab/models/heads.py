@@ -11,11 +11,11 @@ in fp32 with autocast disabled, so a bf16/fp16 autocast region never degrades th
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from ..errors import UserError
 
@@ -45,17 +45,45 @@ class CosineHead(nn.Module):
         else:
             self.register_buffer(name, value)
 
-    _once: tuple[Tensor, Tensor] | None = None  # (unit rows, scale) while inside normalised_once()
+    # inside normalised_once(): a _LAZY_* marker until the block's first call computes (unit rows, scale), then those
+    _once: "tuple[Tensor, Tensor] | object | None" = None
+    _direct = False  # inside normalised_once() with no module hooks anywhere: __call__ goes straight to forward
 
     @property
     def scale(self) -> Tensor:
-        return self.log_scale.float().exp() if self.scale_param == "log" else self.logit_scale.float()
+        s = self.log_scale if self.scale_param == "log" else self.logit_scale
+        if s.dtype != torch.float32:
+            s = s.float()
+        return s.exp() if self.scale_param == "log" else s
 
     def normalised(self) -> tuple[Tensor, Tensor]:
-        """(W with unit rows in fp32, scale): computed once per ``normalised_once`` block, else on every call."""
-        if self._once is not None:
-            return self._once
-        return F.normalize(self.weight.float(), dim=-1), self.scale
+        """(W with unit rows in fp32, scale): computed once per ``normalised_once`` block (on the block's first
+        call, so a head the step never calls costs nothing), else on every call."""
+        once = self._once
+        if once is None:
+            return self._normalise()
+        if once is _LAZY_GRAD or once is _LAZY_NO_GRAD:
+            # in the grad mode of the block's entry (the first call may come inside the step's no_grad region,
+            # yet the losses after it need the graph), in fp32 outside any autocast region
+            w = self.weight
+            grad, dev = once is _LAZY_GRAD, w.device.type
+            if torch.is_autocast_enabled(dev):
+                with torch.set_grad_enabled(grad), torch.autocast(device_type=dev, enabled=False):
+                    once = self._normalise(w)
+            else:  # (the common case: no context-manager objects, ~10 us a step)
+                before = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(grad)
+                try:
+                    once = self._normalise(w)
+                finally:
+                    torch._C._set_grad_enabled(before)
+            object.__setattr__(self, "_once", once)
+        return once
+
+    def _normalise(self, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if w is None:
+            w = self.weight
+        return unit_rows(w if w.dtype == torch.float32 else w.float()), self.scale
 
     @torch.no_grad()
     def init_weight(self, weight: Tensor) -> None:
@@ -69,19 +97,12 @@ class CosineHead(nn.Module):
 
     _features: dict | None = None  # inside normalised_once(): unit-norm features shared by the heads
 
-    def _unit_features(self, features: Tensor) -> Tensor:
-        """``normalize(features)``; inside ``normalised_once`` computed once per input tensor for all heads (the
-        main and aux heads read the same views; a detached input reuses the normalised rows, detached)."""
-        cache = self._features
-        if cache is None:
-            return F.normalize(features.float(), dim=-1)
-        key = (features.data_ptr(), features.shape, features.stride(), features.dtype, features._version)
-        hit = cache.get(key)
-        if hit is not None and (hit[1].requires_grad or not features.requires_grad):
-            return hit[1] if features.requires_grad else hit[1].detach()
-        f = F.normalize(features.float(), dim=-1)
-        cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
-        return f
+    def __call__(self, *args, **kwargs):
+        if self._direct:  # (no hooks to run: skip Module.__call__'s dispatch, ~1-2 us a call)
+            if len(args) == 1 and not kwargs and not torch.is_autocast_enabled(args[0].device.type):
+                return self._forward(args[0])  # (forward's own path without autocast)
+            return self.forward(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     def forward(self, features: Tensor) -> Tensor:
         if torch.is_autocast_enabled(features.device.type):
@@ -90,8 +111,28 @@ class CosineHead(nn.Module):
         return self._forward(features)  # no autocast region to leave (the fp32 path: ~8 us less per call)
 
     def _forward(self, features: Tensor) -> Tensor:
-        f = self._unit_features(features)
-        w, scale = self.normalised()
+        # unit rows of the features; inside normalised_once computed once per input tensor for all heads (the main
+        # and aux heads read the same views; a detached input reuses the normalised rows, detached). Written
+        # inline, unit_rows' ops included: this runs six times per training step.
+        x = features if features.dtype == torch.float32 else features.float()
+        cache = self._features
+        f = None
+        if cache is not None:
+            key = (features.data_ptr(), features.shape, features.stride(), features.dtype, features._version)
+            hit = cache.get(key)
+            if hit is not None:
+                f = hit[1]
+                if not features.requires_grad:
+                    if f.requires_grad:
+                        f = f.detach()
+                elif not f.requires_grad:  # cached from a detached view: this input needs the graph
+                    f = None
+        if f is None:
+            f = x / torch.linalg.vector_norm(x, 2, -1, True).clamp_min(1e-12).expand_as(x)  # = unit_rows(x)
+            if cache is not None:
+                cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
+        once = self._once
+        w, scale = once if type(once) is tuple else self.normalised()
         return scale * (f @ w.t())
 
     def extra_repr(self) -> str:
@@ -99,30 +140,56 @@ class CosineHead(nn.Module):
                 f"scale_param={self.scale_param}")
 
 
-@contextmanager
-def normalised_once(*heads):
+def unit_rows(x: Tensor) -> Tensor:
+    """``F.normalize(x, dim=-1)``: the same ops (so the same bits, forward and backward) without its Python layers
+    (``F.normalize`` -> ``Tensor.norm`` -> ``torch.functional.norm``), called five times per training step."""
+    return x / torch.linalg.vector_norm(x, 2, -1, True).clamp_min(1e-12).expand_as(x)
+
+
+# CosineHead._once inside normalised_once() before the head's first call: the grad mode on entering the block
+_LAZY_GRAD, _LAZY_NO_GRAD = object(), object()
+
+
+def _no_hooks(m: nn.Module) -> bool:
+    """True if calling ``m`` would run no hook and no compiled or traced wrapper: exactly the case in which
+    ``Module.__call__`` calls ``forward`` and nothing else."""
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _module._global_forward_hooks or _module._global_forward_pre_hooks
+                or _module._global_backward_hooks or _module._global_backward_pre_hooks
+                or m._compiled_call_impl is not None or torch._C._get_tracing_state())
+
+
+class normalised_once:  # noqa: N801 (used as a function: ``with normalised_once(main, aux):``)
     """Inside the block, each :class:`CosineHead` among ``heads`` normalises its weight (and exponentiates its log
-    scale) once, however often it is called (a training step calls the heads up to six times), and each input
-    feature tensor is normalised once for all of them. The cached tensors
-    are part of the autograd graph, so gradients are those of the uncached form; the weights must not change
-    inside the block (the optimiser steps after it). Other modules pass through unchanged."""
-    cosine = list({id(h): h for h in heads if isinstance(h, CosineHead)}.values())
-    shared: dict = {}
-    plain_set = object.__setattr__  # (plain attributes: nn.Module.__setattr__'s parameter checks cost ~2 us each)
-    for h in cosine:
-        plain_set(h, "_once", None)
-        if torch.is_autocast_enabled(h.weight.device.type):
-            with torch.autocast(device_type=h.weight.device.type, enabled=False):
-                plain_set(h, "_once", h.normalised())
-        else:
-            plain_set(h, "_once", h.normalised())
-        plain_set(h, "_features", shared)
-    try:
-        yield
-    finally:
-        for h in cosine:
+    scale) once, on its first call, however often it is called (a training step calls the heads up to six times;
+    a head the step never calls, as FixMatch's aux head, costs nothing), and each input feature tensor is
+    normalised once for all of them. The cached tensors are part of the autograd graph, so gradients are those of
+    the uncached form; the weights must not change inside the block (the optimiser steps after it). A head with no
+    hooks registered (its own or global ones, checked on entering the block) is called without
+    ``Module.__call__``'s dispatch; one with hooks goes through it, so the hooks run. Other modules pass through
+    unchanged. (A class rather than a generator context manager: entered once per training step.)"""
+
+    __slots__ = ("heads",)
+
+    def __init__(self, *heads):
+        self.heads = [h for i, h in enumerate(heads) if isinstance(h, CosineHead) and h not in heads[:i]]
+
+    def __enter__(self):
+        shared: dict = {}
+        plain_set = object.__setattr__  # (plain attributes: nn.Module.__setattr__'s checks cost ~2 us each)
+        lazy = _LAZY_GRAD if torch.is_grad_enabled() else _LAZY_NO_GRAD
+        for h in self.heads:
+            plain_set(h, "_once", lazy)
+            plain_set(h, "_features", shared)
+            plain_set(h, "_direct", _no_hooks(h))
+
+    def __exit__(self, *exc):
+        plain_set = object.__setattr__
+        for h in self.heads:
             plain_set(h, "_once", None)
             plain_set(h, "_features", None)
+            plain_set(h, "_direct", False)
+        return False
 
 
 def random_unit_rows(num_classes: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
