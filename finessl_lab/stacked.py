@@ -125,6 +125,32 @@ def _storage_key(x: Tensor) -> tuple:
     return x.data_ptr(), tuple(x.shape), x.stride()
 
 
+class _Product(torch.autograd.Function):
+    """``x @ w.T`` for constant rows ``x`` (cached features: no gradient), whose backward forms ``dY.T @ x``
+    ([C, n] x [n, D], the rows of ``x`` read in order) instead of autograd's ``(x.T @ dY).T`` (a transposed walk
+    over ``x``: ~1.8x slower for [K, 256, 1280] rows under vmap); the same sums, the same gradient
+    (tests/test_stacked.py compares them)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, w: Tensor) -> Tensor:
+        return x @ w.t()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        x, = ctx.saved_tensors
+        return None, gy.t() @ x
+
+
+def _product(x: Tensor, w: Tensor) -> Tensor:
+    return _Product.apply(x, w) if torch.is_grad_enabled() and not x.requires_grad else x @ w.t()
+
+
 class _UnitPair:
     """The main and aux cosine heads on unit rows, one product per input for both: ``x @ [W_main; W_aux].T``
     (the algorithm calls both heads on the same views: weak, strong, labeled; the input is read once, and the
@@ -140,7 +166,7 @@ class _UnitPair:
         key = (_storage_key(x), torch.is_grad_enabled())
         hit = self.cache.get(key)
         if hit is None:  # holding x keeps its memory (and so the key) from being reused within the step
-            hit = self.cache[key] = (x, x @ self.w.t())
+            hit = self.cache[key] = (x, _product(x, self.w))
         y = hit[1]
         return self.scales[which] * (y[..., :self.c] if which == 0 else y[..., self.c:])
 
@@ -200,6 +226,7 @@ class StackedRuns:
         self.state: list[dict[str, Tensor]] = [{} for _ in self.groups]
         self._state_in()
         self.bank, self.row_sources = self._shared_bank()
+        self._buffers: dict = {}
 
     # -- the shared feature bank -------------------------------------------------------------------------
     pair_heads = True  # main and aux heads share one product per input (_UnitPair); False: one product each
@@ -246,6 +273,25 @@ class StackedRuns:
                     _set(self.trainers[k].algorithm, p, self.state[g][p][i].clone())
 
     # -- one stacked step --------------------------------------------------------------------------------
+    def _gather(self, g: int, bs: list, fields: tuple) -> list[Tensor]:
+        """Every run's rows of ``fields`` (row numbers into the bank) gathered by one index_select into one
+        [K, n_x + n_weak + ..., D] buffer kept from step to step (a fresh 20 MB tensor per step costs its page
+        faults; the step's backward has run before the next gather overwrites it); returns each field's
+        [K, n, D] slice. The strong views lie side by side, so their concatenation is a slice too."""
+        ids = torch.cat([torch.stack([getattr(b, f) for b in bs]) for f in fields], 1).squeeze(-1)
+        key = (g, tuple(ids.shape))
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(*ids.shape, self.bank.shape[-1], device=self.bank.device)
+        torch.index_select(self.bank, 0, ids.reshape(-1).to(self.bank.device, torch.long),
+                           out=buf.view(-1, buf.shape[-1]))
+        out, start = [], 0
+        for f in fields:
+            n = getattr(bs[0], f).shape[0]
+            out.append(buf[:, start:start + n])
+            start += n
+        return out
+
     def _group_step(self, g: int, runs: list[int], batches: list):
         alg = self.trainers[runs[0]].algorithm  # the code carrier: runs of a group share the algorithm config
         model = self.trainers[runs[0]].exp.model
@@ -255,24 +301,21 @@ class StackedRuns:
                  for h, ts in self.heads.items()}
         bs = [batches[k] for k in runs]
         cosine = all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux"))
+        has_u = bs[0].u_weak is not None and alg.uses_unlabeled
+        fields = ("x", "u_weak", "u_strong1", "u_strong2") if has_u else ("x",)
         if self.bank is not None:  # the batches hold row numbers of the bank (its rows already unit for cosine)
-            def views(f):
-                ids = torch.stack([getattr(b, f) for b in bs]).squeeze(-1).to(self.bank.device, torch.long)
-                return self.bank.index_select(0, ids.reshape(-1)).view(*ids.shape, self.bank.shape[-1])
+            x, *u = self._gather(g, bs, fields)
         else:
             unit = (lambda t: torch.nn.functional.normalize(t.float(), dim=-1)) if cosine else (lambda t: t)
-            views = lambda f: unit(torch.stack([getattr(b, f) for b in bs]))  # noqa: E731
-        x = views("x")
+            x, *u = [unit(torch.stack([getattr(b, f) for b in bs])) for f in fields]
         y = torch.stack([b.y for b in bs])
-        has_u = bs[0].u_weak is not None and alg.uses_unlabeled
-        u = [views(f) for f in ("u_weak", "u_strong1", "u_strong2")] + \
-            [torch.stack([b.u_index for b in bs])] if has_u else [None] * 4
+        u = u + [torch.stack([b.u_index for b in bs])] if has_u else [None] * 4
         if cosine:  # features and weights normalised once per step for all runs (CosineHead's own ops)
             heads = {h: _unit_head(getattr(model, h), ts) for h, ts in heads.items()}
 
         pair = getattr(alg, "uses_aux", False) and self.pair_heads  # an unused aux head: no product for it
 
-        def one(main_t, aux_t, state, x, y, uw, us1, us2, uidx):
+        def one(main_t, aux_t, state, x, y, uw, us1, us2, us12, uidx):
             for p in paths:
                 _set(alg, p, state[p])
             if cosine and pair:
@@ -282,16 +325,25 @@ class StackedRuns:
                 hs = Heads(_Unit(*main_t), _Unit(*aux_t))
             else:
                 hs = Heads(_Bound(model.main, main_t), _Bound(model.aux, aux_t))
-            out = alg.step(hs, x, y, UnlabeledViews(uw, [us1, us2]) if uw is not None else None, uidx)
+            views = None
+            if uw is not None:
+                views = UnlabeledViews(uw, [us1, us2])
+                if us12 is not None:  # FineSSL's concatenation of the two strong views: already one slice
+                    views._both = us12
+            out = alg.step(hs, x, y, views, uidx)
             extra = {k: v for k, v in (("probs_main", out.probs_main), ("probs_aux", out.probs_aux),
                                       ("pseudo_label", out.pseudo_label), ("mask", out.mask),
                                       ("weight", out.weight)) if v is not None}
             logs = {k: torch.as_tensor(v, device=out.loss.device) for k, v in out.logs.items()}
             return out.loss, logs, extra, {p: _get(alg, p) for p in paths}
 
-        dims = (0, 0, 0, 0, 0) + ((0, 0, 0, 0) if has_u else (None,) * 4)
+        both = None
+        if has_u and self.bank is not None:  # adjacent in the buffer: their concatenation is a view
+            s1, s2 = u[1], u[2]
+            both = s1.as_strided((s1.shape[0], s1.shape[1] + s2.shape[1], s1.shape[2]), s1.stride())
+        dims = (0, 0, 0, 0, 0) + ((0, 0, 0, 0 if both is not None else None, 0) if has_u else (None,) * 5)
         loss, logs, extra, state = vmap(one, in_dims=dims, randomness="error")(
-            heads["main"], heads["aux"], self.state[g], x, y, *u)
+            heads["main"], heads["aux"], self.state[g], x, y, *u[:3], both, u[3])
         self.state[g] = state
         return loss, logs, extra
 
