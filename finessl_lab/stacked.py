@@ -129,13 +129,12 @@ class _Product(torch.autograd.Function):
     """``x @ w.T`` for constant rows ``x`` (cached features: no gradient), whose backward forms ``dY.T @ x``
     ([C, n] x [n, D], the rows of ``x`` read in order) instead of autograd's ``(x.T @ dY).T`` (a transposed walk
     over ``x``: ~1.8x slower for [K, 256, 1280] rows under vmap); the same sums, the same gradient
-    (tests/test_stacked.py compares them)."""
-
-    generate_vmap_rule = True
+    (tests/test_stacked.py compares them). Under vmap it is applied once to the stacked [K, n, D] and
+    [K, C, D] tensors (its own ``vmap`` rule: generated rules cost ~0.3 ms a call)."""
 
     @staticmethod
     def forward(x: Tensor, w: Tensor) -> Tensor:
-        return x @ w.t()
+        return x @ w.transpose(-1, -2)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -144,7 +143,13 @@ class _Product(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy: Tensor):
         x, = ctx.saved_tensors
-        return None, gy.t() @ x
+        return None, gy.transpose(-1, -2) @ x
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, w: Tensor):
+        x, w = (t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape)
+                for t, d in zip((x, w), in_dims))
+        return _Product.apply(x, w), 0
 
 
 def _product(x: Tensor, w: Tensor) -> Tensor:
@@ -227,10 +232,12 @@ class StackedRuns:
         self._state_in()
         self.bank, self.row_sources = self._shared_bank()
         self._buffers: dict = {}
+        self._sgd = None  # the stacked SGD's plan (see _sgd_stacked); False: the runs' own optimizers
 
     # -- the shared feature bank -------------------------------------------------------------------------
     pair_heads = True  # main and aux heads share one product per input (_UnitPair); False: one product each
     _BANK_LIMIT = 2 << 30  # bytes of the fp32 bank; larger banks are gathered per run and normalised per step
+    _BANK_BLOCK = 256  # rows normalised at a time (1.3 MB at D = 1280)
 
     def _shared_bank(self):
         """When all runs read one feature cache: the weak and strong views as one fp32 bank [rows, D], unit rows
@@ -249,11 +256,20 @@ class StackedRuns:
         if rows >= 2 ** 24 or rows * weak.shape[-1] * 4 > self._BANK_LIMIT:  # row numbers must be exact in fp32
             return None, None
         dev = exps[0].device
+        model = exps[0].model
+        unit = all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux"))
+        bank = torch.empty(rows, weak.shape[-1], device=dev)
         with _intra_op_threads(1 if dev.type == "cpu" else None):  # as the sequential step normalises its rows
-            bank = torch.cat([weak.reshape(-1, weak.shape[-1]), strong.reshape(-1, strong.shape[-1])]).to(dev).float()
-            model = exps[0].model
-            if all(isinstance(getattr(model, h), CosineHead) for h in ("main", "aux")):
-                bank = torch.nn.functional.normalize(bank, dim=-1)
+            # filled in blocks of rows that stay in cache: fp16 -> fp32, then F.normalize's own ops in place
+            # (x / max(||x||, eps), row by row: bit-identical to normalising the whole, tests/test_stacked.py)
+            start = 0
+            for src in (weak.reshape(-1, weak.shape[-1]), strong.reshape(-1, strong.shape[-1])):
+                for a in range(0, src.shape[0], self._BANK_BLOCK):
+                    blk = bank[start + a:start + min(a + self._BANK_BLOCK, src.shape[0])]
+                    blk.copy_(src[a:a + blk.shape[0]])
+                    if unit:
+                        blk.div_(blk.norm(2, -1, keepdim=True).clamp_min(1e-12))
+                start += src.shape[0]
         ids = torch.arange(rows, dtype=torch.float32)
         n_weak = weak.shape[0] * weak.shape[1]
         wid = ids[:n_weak].view(weak.shape[0], weak.shape[1], 1)
@@ -365,10 +381,78 @@ class StackedRuns:
                     continue
                 for k, tr in enumerate(self.trainers):
                     _get(getattr(tr.exp.model, h), name).grad = t.grad[k]
+        if not self._sgd_stacked():
+            for t in self.trainers:
+                t.optimizer.step()
         for t in self.trainers:
-            t.optimizer.step()
             t.scheduler.step()
         return torch.stack(losses).sum()
+
+    # -- SGD on the stacked tensors ----------------------------------------------------------------------
+    _SGD_KEYS = ("lr", "weight_decay", "momentum", "dampening", "nesterov", "maximize")
+
+    def _sgd_plan(self) -> list | None:
+        """Per stacked tensor: [tensor, each run's parameter (its view), the param group holding it, momentum
+        buffers] when every run trains with a plain torch SGD holding its view; None otherwise."""
+        plan = []
+        for ts in self.heads.values():
+            for t in ts.values():
+                if not t.requires_grad:
+                    continue
+                views, groups = [], []
+                for k, tr in enumerate(self.trainers):
+                    opt = tr.optimizer
+                    if type(opt) is not torch.optim.SGD or any(opt.defaults.get(n) for n in
+                                                               ("differentiable", "fused", "foreach")):
+                        return None
+                    hit = [(q, g) for g in opt.param_groups for q in g["params"]
+                           if q.data_ptr() == t[k].data_ptr() and q.shape == t.shape[1:]]
+                    if len(hit) != 1:
+                        return None
+                    views.append(hit[0][0])
+                    groups.append(hit[0][1])
+                plan.append([t, views, groups, None])
+        return plan
+
+    def _sgd_stacked(self) -> bool:
+        """One SGD update of each stacked tensor for all runs, by torch SGD's own formula and ops (so each run's
+        rows get the bits its own ``optimizer.step()`` would give them), when all runs share this step's SGD
+        scalars (lr after its schedule, weight decay, momentum, ...); False: each run steps its own optimizer.
+        The first step is the runs' own (it creates their momentum buffers); the buffers are then moved into
+        one stacked buffer per tensor, of which each run's optimizer state holds its view (for checkpoints and
+        for steps taken by the runs' own optimizers)."""
+        if self._sgd is None:  # first call: the runs' own optimizers create their state
+            self._sgd = self._sgd_plan() or False
+            return False
+        if self._sgd is False:
+            return False
+        todo = []
+        for entry in self._sgd:
+            t, views, groups, buf = entry
+            if t.grad is None:  # SGD skips a parameter without a gradient
+                continue
+            hp = {tuple(g[n] for n in self._SGD_KEYS) for g in groups}
+            if len(hp) != 1:
+                return False
+            hp = hp.pop()
+            if hp[2] != 0 and buf is None:
+                bufs = [tr.optimizer.state.get(v, {}).get("momentum_buffer") for tr, v in zip(self.trainers, views)]
+                if any(b is None for b in bufs):
+                    return False
+                entry[3] = torch.stack(bufs)
+                for k, (tr, v) in enumerate(zip(self.trainers, views)):
+                    tr.optimizer.state[v]["momentum_buffer"] = entry[3][k]
+            todo.append((t, entry[3], hp))
+        with torch.no_grad():
+            for t, buf, (lr, wd, momentum, dampening, nesterov, maximize) in todo:
+                grad = -t.grad if maximize else t.grad
+                if wd != 0:
+                    grad = grad.add(t, alpha=wd)
+                if momentum != 0:
+                    buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                    grad = grad.add(buf, alpha=momentum) if nesterov else buf
+                t.add_(grad, alpha=-lr)
+        return True
 
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
