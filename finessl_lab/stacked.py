@@ -509,6 +509,10 @@ class StackedRuns:
                     self._pending = []
                     self._step(batches)
                     for runs, loss, logs, extra in self._pending:
+                        # each run's rows as views, one unbind per tensor (not K indexing ops each)
+                        loss = loss.detach().unbind(0)
+                        logs = {n: v.detach().unbind(0) for n, v in logs.items()}
+                        extra = {n: v.unbind(0) for n, v in extra.items()}
                         for i, k in enumerate(runs):
                             t, b = ts[k], batches[k]
                             t._logs.add(step, loss[i], {n: v[i] for n, v in logs.items()}, spe)
@@ -555,7 +559,7 @@ _SHARED_BUILD_FREE = ("run.seed", "optim.", "algorithm.", "run.epochs", "run.ste
 
 
 def _shares_build(base, cfg) -> bool:
-    """Can ``cfg``'s experiment reuse ``base``'s data set and feature cache? Only head-level runs whose backbone
+    """Can ``cfg``'s experiment (``cfg`` validated and resolved) reuse ``base``'s data set and feature cache? Only head-level runs whose backbone
     does not depend on the seed (not scratch_cnn) and whose heads need no text prototypes."""
     from .config import diff
     from .models.backbones import SCRATCH_CNN
@@ -564,13 +568,15 @@ def _shares_build(base, cfg) -> bool:
     return (base.features is not None and base.model.backbone is None and c.run.feature_cache
             and c.model.peft == "linear" and c.model.backbone != SCRATCH_CNN
             and c.model.head_init not in ("prototype", "text")
-            and not [k for k in diff(c, cfg.validate().resolved()) if not k.startswith(_SHARED_BUILD_FREE)])
+            and not [k for k in diff(c, cfg) if not k.startswith(_SHARED_BUILD_FREE)])
 
 
-def _sibling_experiment(base, cfg):
+def _sibling_experiment(base, cfg, clean: Tensor | None = None):
     """``build_experiment(cfg)`` for a head-level run that differs from ``base``'s only in seed / scalars
     (:func:`_shares_build`): the data set, the feature cache and the test sets are ``base``'s (not loaded again);
-    the split, the batches and the heads are built from ``cfg``'s seed exactly as build.py builds them."""
+    the split, the batches and the heads are built from ``cfg``'s seed exactly as build.py builds them.
+    ``cfg`` is validated and resolved (build_experiments does it once per config); ``clean``: the clean train
+    features in fp32 if already converted (build_experiments converts them once for all siblings)."""
     from .algorithms import REGISTRY
     from .build import EvalSet, Experiment, _needs_unlabeled_pass, make_split_view
     from .data.batches import FeatureBatches
@@ -579,14 +585,13 @@ def _sibling_experiment(base, cfg):
     from .io import cache_dir
     from .models import build_model
 
-    cfg = cfg.validate().resolved()
     uses_unlabeled = REGISTRY[cfg.algorithm.name].uses_unlabeled
     bundle, feats, device = base.bundle, base.features, base.device
     split = make_setting_split(cfg.data, bundle.train.targets, bundle.num_classes, cfg.run.seed,
                                cache_dir(cfg.run.cache_dir), bundle.key, given=bundle.split)
     targets = np.asarray(bundle.train.targets)
     view = make_split_view(cfg, targets, split, uses_unlabeled)
-    clean = feats["train_clean"].float()
+    clean = feats["train_clean"].float() if clean is None else clean
     n_out = base.num_classes
     model = build_model(cfg.model, n_out, bundle.classes[:n_out], feature_dim=clean.shape[1], text_prototypes=None,
                         labeled_features=clean[split.labeled],
@@ -611,8 +616,10 @@ def build_experiments(cfgs: list, progress: bool = True) -> list:
     from .build import build_experiment
 
     exps: list = []
+    clean: dict = {}  # fp32 clean train features per base (20 MB at 4,000 x 1,280: converted once, not per run)
     for c in cfgs:
-        base = next((e for e in exps if _shares_build(e, c)), None)
+        resolved = c.validate().resolved() if exps else None  # once per config (validation, fidelity, copies)
+        base = next((e for e in exps if _shares_build(e, resolved)), None)
         if base is None:
             exps.append(build_experiment(c, uses_unlabeled=REGISTRY[c.algorithm.name].uses_unlabeled,
                                          progress=progress))
@@ -621,7 +628,9 @@ def build_experiments(cfgs: list, progress: bool = True) -> list:
         # intra-op thread, as the training step uses (2 threads were 7-10x slower on the busy 2-core machine);
         # tests/test_stacked.py checks that its heads, split and batches equal build_experiment's bit for bit
         with _intra_op_threads(1 if base.device.type == "cpu" else None):
-            exps.append(_sibling_experiment(base, c))
+            if id(base) not in clean:
+                clean[id(base)] = base.features["train_clean"].float()
+            exps.append(_sibling_experiment(base, resolved, clean[id(base)]))
     return exps
 
 
