@@ -216,3 +216,24 @@ def test_stacked_sgd_gives_each_run_the_bits_of_its_own_optimizer(monkeypatch):
     monkeypatch.setattr(StackedRuns, "_sgd_stacked", lambda self: calls.append(own(self)) or calls[-1])
     train_stacked(configs("finessl"))  # run 3 has optim.lr=0.01: every run steps its own optimizer
     assert len(calls) == configs("finessl")[0].total_steps and not any(calls)
+
+
+def test_the_bank_is_kept_for_the_next_stacked_runs_on_the_same_features():
+    """The next StackedRuns on the same cached features reuses the bank (compare --stack stacks each algorithm in
+    turn); features modified in place (their version counter) get a new bank, equal to a freshly filled one."""
+    cfgs = configs("finessl")[:2]
+    exps = build_experiments(cfgs, progress=False)
+    first = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+    again = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+    assert again.bank is first.bank
+    fresh = first._fill_bank(exps[0].features["weak"], exps[0].features["strong"], first.bank.shape[0], True,
+                             first.bank.device)
+    assert torch.equal(fresh, first.bank)
+    weak = exps[0].features["weak"]
+    saved = weak[0, 0].clone()
+    weak[0, 0, :8] += 1  # an in-place change (the in-process feature cache's own tensors: restored below)
+    try:
+        changed = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+        assert changed.bank is not first.bank and not torch.equal(changed.bank, first.bank)
+    finally:
+        weak[0, 0] = saved
