@@ -237,3 +237,13 @@ def test_the_bank_is_kept_for_the_next_stacked_runs_on_the_same_features():
         assert changed.bank is not first.bank and not torch.equal(changed.bank, first.bank)
     finally:
         weak[0, 0] = saved
+
+
+def test_only_configs_differing_in_seed_or_scalars_share_a_build():
+    from finessl_lab.stacked import _shares_build
+
+    base = build_experiments(configs("finessl")[:1], progress=False)[0]
+    same = resolve("embedded", sets=SMALL + ["algorithm.name=finessl", "run.seed=7", "optim.lr=0.1"])
+    other = resolve("embedded", sets=SMALL + ["algorithm.name=finessl", "data.labels_per_class=2"])
+    assert _shares_build(base, same.validate().resolved())
+    assert not _shares_build(base, other.validate().resolved())
