@@ -10,19 +10,23 @@ those dispatches: their heads are stacked into [K, ...] tensors and the algorith
     :func:`build_experiments` loads the data set, backbone and feature cache once for all of them (a run's own
     build is mostly that: ~0.25 s of a 0.4 s short run) and builds each run's split and heads from its seed;
   * all runs read one bank of the cached views in fp32, unit rows for cosine heads (normalised once instead of
-    every step); each run draws its rows by row number with a FeatureBatches of its own split view, and a step
-    gathers every run's rows straight into one [K, n, D] tensor (no per-run gather, stack or normalisation);
+    every step, and kept for the next stacked runs on the same features); each run draws its rows by row number
+    with a FeatureBatches of its own split view, and a step gathers every run's rows with one index_select into
+    one [K, n, D] buffer kept across steps (no per-run gather, stack or normalisation; FineSSL's concatenation
+    of the two strong views is a slice of it); the paired main / aux products' backward reads those rows in
+    order (:class:`_Product`);
   * the algorithm's tensor state (``Algorithm.stack_state``: FineSSL's pace slots, class counts and margins) is
     stacked per run; runs whose algorithm options differ are vmapped in separate groups (one call each);
   * each run's own SGD and lr schedule step its own parameters (which are views of the stacked tensors), so lr,
-    momentum, weight decay and schedule may differ between runs;
+    momentum, weight decay and schedule may differ between runs; while the runs share this step's SGD scalars,
+    one update by torch SGD's own ops on the stacked tensors gives every run the same bits;
   * per-epoch evaluation, hooks, metrics.csv, summary.json and checkpoint.pt are each run's own, written by its
     Trainer: a stacked run directory is a normal run directory (``load_run``, ``--resume``).
 
 Results equal sequential runs up to float rounding of the batched matrix products (tests/test_stacked.py: the
-same test accuracy, losses within 1e-5; the shared build and the bank's rows are bit-identical to each run's own). Stacking needs feature-cache mode with linear heads (no backbone), fp32,
-and an algorithm that declares its ``stack_state`` (supervised, fixmatch, finessl); :func:`stackable` says why
-not otherwise.
+same test accuracy, losses within 1e-5; the shared build, the bank's rows and the stacked SGD are bit-identical
+to each run's own). Stacking needs feature-cache mode with linear heads (no backbone), fp32, and an algorithm
+that declares its ``stack_state`` (supervised, fixmatch, finessl); :func:`stackable` says why not otherwise.
 """
 from __future__ import annotations
 

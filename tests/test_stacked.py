@@ -181,7 +181,8 @@ def test_the_rows_product_has_autograds_values_and_gradient():
     from finessl_lab.stacked import _Product
 
     g = torch.Generator().manual_seed(1)
-    x, w0, dy = torch.randn(4, 6, 16, generator=g), torch.randn(4, 5, 16, generator=g), torch.randn(4, 6, 5, generator=g)
+    x, w0 = torch.randn(4, 6, 16, generator=g), torch.randn(4, 5, 16, generator=g)
+    dy = torch.randn(4, 6, 5, generator=g)
     for batched in (False, True):
         grads = []
         for product in (lambda a, b: a @ b.t(), _Product.apply):
