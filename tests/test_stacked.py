@@ -171,3 +171,80 @@ def test_paired_heads_equal_separate_heads_with_one_product_per_input():
     for a, b in zip(run(True), run(False)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert products == [1]
+
+
+def test_the_rows_product_has_autograds_values_and_gradient():
+    """_Product (x @ w.T with the backward dY.T @ x, its own vmap rule) gives the logits and weight gradient
+    that autograd's x @ w.T gives, alone and under vmap."""
+    from torch.func import vmap
+
+    from finessl_lab.stacked import _Product
+
+    g = torch.Generator().manual_seed(1)
+    x, w0 = torch.randn(4, 6, 16, generator=g), torch.randn(4, 5, 16, generator=g)
+    dy = torch.randn(4, 6, 5, generator=g)
+    for batched in (False, True):
+        grads = []
+        for product in (lambda a, b: a @ b.t(), _Product.apply):
+            w = w0.clone().requires_grad_()
+            y = vmap(product)(x, w) if batched else product(x[0], w[0])
+            (y * (dy if batched else dy[0])).sum().backward()
+            grads.append((y.detach(), w.grad))
+        torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
+
+
+def test_stacked_sgd_gives_each_run_the_bits_of_its_own_optimizer(monkeypatch):
+    """Runs sharing their SGD scalars are updated by one SGD step on the stacked tensors: the same weights and
+    momentum buffers, bit for bit, as each run's own optimizer.step(); runs whose lr differs use their own."""
+    cfgs = configs("finessl")[:2]
+    exps = build_experiments(cfgs, progress=False)
+    results = []
+    for stacked_sgd in (True, False):
+        if not stacked_sgd:
+            monkeypatch.setattr(StackedRuns, "_sgd_stacked", lambda self: False)
+        runs = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+        runs.fit()
+        if stacked_sgd:
+            assert runs._sgd and all(buf is not None for *_, buf in runs._sgd)  # the stacked path was taken
+        results.append(([{n: t.detach().clone() for n, t in ts.items()} for ts in runs.heads.values()],
+                        [t.optimizer.state_dict()["state"] for t in runs.trainers]))
+    for a, b in zip(results[0][0], results[1][0]):
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    for a, b in zip(results[0][1], results[1][1]):
+        assert all(torch.equal(a[i]["momentum_buffer"], b[i]["momentum_buffer"]) for i in b)
+    monkeypatch.undo()
+    calls, own = [], StackedRuns._sgd_stacked
+    monkeypatch.setattr(StackedRuns, "_sgd_stacked", lambda self: calls.append(own(self)) or calls[-1])
+    train_stacked(configs("finessl"))  # run 3 has optim.lr=0.01: every run steps its own optimizer
+    assert len(calls) == configs("finessl")[0].total_steps and not any(calls)
+
+
+def test_the_bank_is_kept_for_the_next_stacked_runs_on_the_same_features():
+    """The next StackedRuns on the same cached features reuses the bank (compare --stack stacks each algorithm in
+    turn); features modified in place (their version counter) get a new bank, equal to a freshly filled one."""
+    cfgs = configs("finessl")[:2]
+    exps = build_experiments(cfgs, progress=False)
+    first = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+    again = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+    assert again.bank is first.bank
+    fresh = first._fill_bank(exps[0].features["weak"], exps[0].features["strong"], first.bank.shape[0], True,
+                             first.bank.device)
+    assert torch.equal(fresh, first.bank)
+    weak = exps[0].features["weak"]
+    saved = weak[0, 0].clone()
+    weak[0, 0, :8] += 1  # an in-place change (the in-process feature cache's own tensors: restored below)
+    try:
+        changed = StackedRuns([Trainer(c, None, experiment=e) for c, e in zip(cfgs, exps)])
+        assert changed.bank is not first.bank and not torch.equal(changed.bank, first.bank)
+    finally:
+        weak[0, 0] = saved
+
+
+def test_only_configs_differing_in_seed_or_scalars_share_a_build():
+    from finessl_lab.stacked import _shares_build
+
+    base = build_experiments(configs("finessl")[:1], progress=False)[0]
+    same = resolve("embedded", sets=SMALL + ["algorithm.name=finessl", "run.seed=7", "optim.lr=0.1"])
+    other = resolve("embedded", sets=SMALL + ["algorithm.name=finessl", "data.labels_per_class=2"])
+    assert _shares_build(base, same.validate().resolved())
+    assert not _shares_build(base, other.validate().resolved())
