@@ -159,7 +159,8 @@ def test_whole_views_equal_the_pil_ops_composed_with_the_same_parameters(mode, c
     ra = on.strong
     for step in (0, 7):
         batch = src[step]
-        x, u = batch.views.make(batch.x, batch.u_weak, len(batch.y))
+        made = batch.views.make(batch.x)
+        x, u = made[:4], made[4:]
         lab, pos = src.split.draw(step)
         uidx = src.split.unlabeled[pos]
         streams = [(10, lab, x, None), (11, uidx, u[:12], None), (12, uidx, u[12:24], ra), (13, uidx, u[24:], ra)]
@@ -242,16 +243,17 @@ def test_views_are_a_pure_function_of_seed_and_step_across_ranks_and_resume():
         assert torch.equal(torch.cat([getattr(h, name) for h in halves]), getattr(whole, name))
     # the views equal their normalised uint8 views (normalize_uint8 of the made uint8 views)
     raw = a[2]
-    x, u = raw.views.make(raw.x, raw.u_weak, len(raw.y))
+    views = raw.views.make(raw.x)
     made = _made(raw)
-    assert torch.equal(made.x, normalize_uint8(x, MEAN, STD)) and torch.equal(made.u_strong2,
-                                                                             normalize_uint8(u[24:], MEAN, STD))
+    assert torch.equal(made.x, normalize_uint8(views[:4], MEAN, STD))
+    assert torch.equal(made.u_strong2, normalize_uint8(views[4 + 24:], MEAN, STD))
 
 
 def test_pending_batches_move_and_pin_with_their_parameters(monkeypatch):
     imgs = _images(20, seed=6)
     batch = _source(imgs)[0][0]
-    assert batch.views.device.type == "cpu" and batch.x.dtype == torch.uint8 and batch.u_strong1 is None
+    assert batch.views.device.type == "cpu" and batch.x.dtype == torch.uint8 and batch.u_weak is None
+    assert batch.x.shape == (4 + 12, 3, 22, 22)  # the padded images, labeled then unlabeled
     moved = batch.to("cpu")
     assert moved.views is not batch.views and torch.equal(moved.views.params, batch.views.params)
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: self.clone())  # (no CUDA needed)
@@ -304,7 +306,7 @@ def test_device_views_train_end_to_end_without_loader_workers(tiny_clip_configs,
     loader = trainer.exp.batches(0, 2)
     assert loader.num_workers == 0 and trainer.exp.intra_op_threads is None  # every core trains
     raw = next(iter(loader))
-    assert raw.views is not None and raw.u_strong1 is None
+    assert raw.views is not None and raw.u_weak is None
     trainer.fit()
     assert trainer.step == 2
     weights = trainer.exp.model.trainable_state_dict()

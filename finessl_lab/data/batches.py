@@ -31,8 +31,9 @@ class Batch:
     u_index: Tensor | None = None   # position in the unlabeled set (0 .. num_unlabeled-1)
     u_true: Tensor | None = None    # analysis only
     u_ood: Tensor | None = None     # analysis only
-    # data.views=device: the views are still to be made (device_views.PendingViews; ``x`` and ``u_weak`` then hold
-    # the padded uint8 images they are cut from, u_strong1/2 are None); :meth:`normalized` makes them on the device
+    # data.views=device: the views are still to be made (device_views.PendingViews; ``x`` then holds the padded uint8
+    # images they are cut from, labeled then unlabeled, and u_weak/u_strong1/u_strong2 are None); :meth:`normalized`
+    # makes them on the device
     views: Any = None
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
@@ -65,13 +66,13 @@ class Batch:
     def _made_views(self, mean, std) -> "Batch":
         if mean is None or std is None:
             raise ValueError("uint8 views need the mean and std to normalise with")
-        x, u = self.views.make(self.x, self.u_weak, len(self.y))
+        views = normalize_uint8(self.views.make(self.x), mean, std)
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out.update(x=normalize_uint8(x, mean, std), views=None)
-        if u is not None:
-            u = normalize_uint8(u, mean, std)
-            n = len(u) // 3
-            out.update(u_weak=u[:n], u_strong1=u[n:2 * n], u_strong2=u[2 * n:])
+        n = len(self.y)
+        out.update(x=views[:n], views=None)
+        if self.u_index is not None:
+            u = len(self.u_index)
+            out.update(u_weak=views[n:n + u], u_strong1=views[n + u:n + 2 * u], u_strong2=views[n + 2 * u:])
         return Batch(**out)
 
 
@@ -166,17 +167,16 @@ class ImageBatches(torch.utils.data.Dataset):
         dv, s = self.t.on_device, self.split.seed
         if self._padded is None or self._padded.resize is not dv.resize:
             self._padded = dv.cache(self.images)
-        images, sizes = dv.gather(self._padded, lab)
+        uidx = self.split.unlabeled[pos]
+        images, sizes = dv.gather(self._padded, np.concatenate([lab, uidx]))  # one tensor: labeled, unlabeled
         g = view_generator(s, 10, self.split.labeled_step(step))
-        parts = [dv.params(draw(g, lab_rows[0], None), lab_rows[1], sizes, np.arange(len(lab)))]
+        parts = [dv.params(draw(g, lab_rows[0], None), lab_rows[1], sizes[:len(lab)], np.arange(len(lab)))]
         batch = Batch(x=images, y=y)
         if len(pos):
-            uidx = self.split.unlabeled[pos]
-            batch.u_weak, sizes = dv.gather(self._padded, uidx)
-            src = np.arange(len(uidx))
+            src = len(lab) + np.arange(len(uidx))
             for stream, strong in ((11, None), (12, dv.strong), (13, dv.strong)):
                 d = draw(view_generator(s, stream, step), pos_rows[0], strong)
-                parts.append(dv.params(d, pos_rows[1], sizes, src))
+                parts.append(dv.params(d, pos_rows[1], sizes[len(lab):], src))
             batch.u_index = torch.as_tensor(pos, dtype=torch.long)
             batch.u_true = torch.as_tensor(self.split.targets[uidx], dtype=torch.long)
             batch.u_ood = torch.as_tensor(self.split.ood[uidx], dtype=torch.bool)

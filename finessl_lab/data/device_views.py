@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 
 import numpy as np
 import torch
@@ -203,7 +204,8 @@ class DeviceViews:
 
     def pending(self, parts: list[np.ndarray], strong_rows: int) -> "PendingViews":
         """The :class:`PendingViews` of the parameter tables ``parts`` (stacked in order: labeled weak, unlabeled
-        weak, strong 1, strong 2; the last ``strong_rows`` rows are the strong views)."""
+        weak, strong 1, strong 2; the last ``strong_rows`` rows are the strong views; SRC: rows of the one gathered
+        image tensor)."""
         p = np.concatenate(parts) if parts else np.zeros((0, SLOT0), dtype=np.int64)
         slots = self.strong.n
         counts = []
@@ -238,24 +240,20 @@ class PendingViews:
     def pin_memory(self, *args) -> "PendingViews":
         return PendingViews(self.params.pin_memory(*args), self.size, self.strong_rows, self.counts, self.cutout)
 
-    def make(self, labeled: Tensor, unlabeled: Tensor | None, n_labeled: int) -> tuple[Tensor, Tensor | None]:
-        """uint8 views: the labeled weak views [n_labeled, C, th, tw] of the padded ``labeled`` images, and the
-        unlabeled weak + strong 1 + strong 2 views [3U, C, th, tw] of ``unlabeled`` (None when there is none)."""
+    def make(self, images: Tensor) -> Tensor:
+        """The uint8 views [rows, C, th, tw] (labeled weak, unlabeled weak, strong 1, strong 2, in the parameter
+        table's row order) of the gathered padded ``images`` [N, C, H, W]."""
         p = self.params
-        x = crop_flip(labeled, p[:n_labeled], self.size)
-        if unlabeled is None:
-            return x, None
-        up = p[n_labeled:]
-        u = crop_flip(unlabeled, up, self.size)
+        views = crop_flip(images, p, self.size)
         if self.strong_rows:
-            k = len(u) - self.strong_rows
-            strong = u[k:]  # a view: the ops write into it
-            sp = up[k:]
+            k = len(views) - self.strong_rows
+            strong = views[k:]  # a view: the ops write into it
+            sp = p[k:]
             for s, counts in enumerate(self.counts):
                 randaugment_slot(strong, sp, s, counts)
             if self.cutout > 0:
                 strong.copy_(cutout(strong, sp[:, CUT_X], sp[:, CUT_Y], self.cutout))
-        return x, u
+        return views
 
 
 # -- device ops (batched; every one a pure function of its inputs) ---------------------------------------------
@@ -273,19 +271,23 @@ def crop_flip(images: Tensor, p: Tensor, size: tuple[int, int]) -> Tensor:
     return src.gather(2, flat).view(n, c, th, tw)
 
 
+_LUMA = (19595, 38470, 7471)
+
+
 def luma(x: Tensor) -> Tensor:
     """Pillow's RGB -> L (ITU-R 601-2, integer: (19595 R + 38470 G + 7471 B + 0x8000) >> 16) as int32 [m, 1, H, W];
     a 1-channel image is its own luma."""
     if x.shape[1] == 1:
         return x.to(torch.int32)
-    r, g, b = x.to(torch.int32).unbind(1)
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).unsqueeze(1)
+    w = torch.tensor(_LUMA, dtype=torch.int32, device=x.device).view(1, 3, 1, 1)
+    return ((x.to(torch.int32) * w).sum(1, keepdim=True, dtype=torch.int32) + 0x8000) >> 16
 
 
 def blend(degenerate: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
-    """Pillow's ImagingBlend for 0 <= alpha <= 1: uint8(in1 + alpha * (in2 - in1)) in float32, truncated."""
-    d = (x.to(torch.int32) - degenerate.to(torch.int32)).to(torch.float32)
-    return (degenerate.to(torch.float32) + alpha.view(-1, 1, 1, 1) * d).to(torch.uint8)
+    """Pillow's ImagingBlend for 0 <= alpha <= 1: uint8(in1 + alpha * (in2 - in1)) in float32, truncated
+    (``degenerate`` = in1 as float32 or uint8; the difference of two levels is exact in float32)."""
+    d = degenerate.to(torch.float32)
+    return (d + alpha.view(-1, 1, 1, 1) * (x.to(torch.float32) - d)).to(torch.uint8)
 
 
 _K1 = float(np.float32(1.0) / np.float32(13.0))  # Pillow divides the kernel by its scale in float32
@@ -294,35 +296,34 @@ _K5 = float(np.float32(5.0) / np.float32(13.0))
 
 def smooth(x: Tensor) -> Tensor:
     """Pillow's ``filter(ImageFilter.SMOOTH)`` (3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13 in float32, the sum in
-    Filter.c's order, + 0.5, clamped and truncated; the border rows and columns copied)."""
-    if x.shape[2] < 3 or x.shape[3] < 3:
-        return x.clone()
+    Filter.c's order, + 0.5, clamped and truncated; the border rows and columns copied), as float32 levels."""
     f = x.to(torch.float32)
-    k1, k5 = _K1, _K5  # (float32 values: exact as the tensors' float32 scalars)
-    left, mid, right = f[..., :-2], f[..., 1:-1], f[..., 2:]
-    outer = left * k1 + mid * k1 + right * k1  # rows y+1 and y-1
-    centre = left * k1 + mid * k5 + right * k1  # row y
+    if x.shape[2] < 3 or x.shape[3] < 3:
+        return f
+    left, right = f[..., :-2] * _K1, f[..., 2:] * _K1  # (float32 products, as Filter.c's KERNEL1x3)
+    mid = f[..., 1:-1]
+    outer = (left + mid * _K1) + right  # rows y+1 and y-1: (l k1 + m k1) + r k1
+    centre = (left + mid * _K5) + right  # row y
     ss = ((outer[:, :, 2:] + 0.5) + centre[:, :, 1:-1]) + outer[:, :, :-2]
-    out = x.clone()
-    out[:, :, 1:-1, 1:-1] = ss.clamp_(0.0, 255.0).to(torch.uint8)
-    return out
+    f[:, :, 1:-1, 1:-1] = ss.clamp_(0.0, 255.0).trunc_()
+    return f
 
 
 def affine(x: Tensor, co: Tensor) -> Tensor:
     """Pillow's nearest-neighbour affine transform in 16.16 fixed point (``affine_fixed``), black fill: output
-    (x, y) takes input (floor((a2' + y a1 + x a0) / 2^16), floor((a5' + y a4 + x a3) / 2^16)); ``co`` [m, 6] int64
-    (:func:`affine_table`)."""
+    (x, y) takes input ((a2' + y a1 + x a0) >> 16, (a5' + y a4 + x a3) >> 16) (int32 and an arithmetic shift, as
+    Pillow's C); ``co`` [m, 6] int64 (:func:`affine_table`)."""
     m, c, h, w = x.shape
     dev = x.device
-    ys = torch.arange(h, device=dev, dtype=torch.int64).view(1, h, 1)
-    xs = torch.arange(w, device=dev, dtype=torch.int64).view(1, 1, w)
-    a0, a1, a2, a3, a4, a5 = (co[:, k].view(m, 1, 1) for k in range(6))
-    xin = torch.div(a2 + ys * a1 + xs * a0, 65536, rounding_mode="floor")
-    yin = torch.div(a5 + ys * a4 + xs * a3, 65536, rounding_mode="floor")
+    ys = torch.arange(h, device=dev, dtype=torch.int32).view(1, h, 1)
+    xs = torch.arange(w, device=dev, dtype=torch.int32).view(1, 1, w)
+    a0, a1, a2, a3, a4, a5 = co.to(torch.int32).view(m, 6, 1, 1).unbind(1)
+    xin = (a2 + ys * a1 + xs * a0) >> 16
+    yin = (a5 + ys * a4 + xs * a3) >> 16
     ok = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    flat = (yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)).view(m, 1, h * w).expand(m, c, h * w)
-    out = x.reshape(m, c, h * w).gather(2, flat) * ok.view(m, 1, h * w)
-    return out.view(m, c, h, w)
+    flat = torch.where(ok, yin * w + xin, h * w).to(torch.int64).view(m, 1, h * w).expand(m, c, h * w)
+    src = torch.cat([x.reshape(m, c, h * w), x.new_zeros(m, c, 1)], 2)  # index h * w: the black fill
+    return src.gather(2, flat).view(m, c, h, w)
 
 
 @lru_cache(maxsize=None)
@@ -396,21 +397,22 @@ def lut_ops(x: Tensor, ops: tuple[str, ...], counts: list[int], mags: Tensor) ->
 
 
 def blend_ops(x: Tensor, ops: tuple[str, ...], counts: list[int], mags: Tensor) -> Tensor:
-    """ImageEnhance's Brightness / Color / Contrast / Sharpness on ``x`` (runs of ``counts[k]`` images)."""
+    """ImageEnhance's Brightness / Color / Contrast / Sharpness on ``x`` (runs of ``counts[k]`` images): Pillow's
+    blend of each op's degenerate image (as float32 levels) and the image."""
     m, c, h, w = x.shape
     parts, at = [], 0
     for name, k in zip(ops, counts):
         if not k:
             continue
         sub = x[at:at + k]
-        if name == "Brightness":
-            parts.append(torch.zeros_like(sub))
+        if name == "Brightness":  # black
+            parts.append(torch.zeros((k, c, h, w), dtype=torch.float32, device=x.device))
         elif name == "Color":  # RGB -> L -> RGB (a grey image is its own degenerate)
-            parts.append(luma(sub).to(torch.uint8).expand(k, c, h, w))
+            parts.append(luma(sub).to(torch.float32).expand(k, c, h, w))
         elif name == "Contrast":  # int(mean luma + 0.5): in integers, floor((2 sum + n) / 2n), the same value
             total = luma(sub).sum(dim=(1, 2, 3), dtype=torch.int64)
             mean = torch.div(2 * total + h * w, 2 * h * w, rounding_mode="floor")
-            parts.append(mean.to(torch.uint8).view(k, 1, 1, 1).expand(k, c, h, w))
+            parts.append(mean.to(torch.float32).view(k, 1, 1, 1).expand(k, c, h, w))
         else:
             parts.append(smooth(sub))
         at += k
@@ -420,27 +422,29 @@ def blend_ops(x: Tensor, ops: tuple[str, ...], counts: list[int], mags: Tensor) 
 
 
 def randaugment_slot(x: Tensor, p: Tensor, slot: int, counts: list[int]) -> None:
-    """Op slot ``slot`` of RandAugmentMC on the strong views ``x`` [M, C, H, W] (in place): images are taken in
-    the slot's group order (parameter column ORDER, ``counts`` per op of GROUP_ORDER), each group of ops at once."""
+    """Op slot ``slot`` of RandAugmentMC on the strong views ``x`` [M, C, H, W] (in place): the images are put in
+    the slot's group order (parameter column ORDER; ``counts`` images per op of GROUP_ORDER, then those whose op
+    is not applied), each group of ops runs once on its contiguous run, and the images go back."""
     base = SLOT0 + SLOT_COLS * slot
-    order = p[:, base + ORDER]
-    bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
-    groups = ((LUT_OPS, lut_ops), (BLEND_OPS, blend_ops), (AFFINE_OPS, None))
-    at = 0
-    for names, fn in groups:
-        start, stop = bounds[at], bounds[at + len(names)]
-        sub_counts = counts[at:at + len(names)]
-        at += len(names)
-        if stop == start:
-            continue
-        idx = order[start:stop]
-        sub = x.index_select(0, idx)
-        q = p.index_select(0, idx)
-        if fn is None:
-            out = affine(sub, q[:, base + AFF:base + AFF + 6])
-        else:
-            out = fn(sub, names, sub_counts, q[:, base + MAG])
-        x.index_copy_(0, idx, out)
+    bounds = [0, *accumulate(counts)]
+    n_lut, n_blend, n_aff = len(LUT_OPS), len(BLEND_OPS), len(AFFINE_OPS)
+    done = bounds[n_lut + n_blend + n_aff]  # (Identity and not-applied images come last, untouched)
+    if not done:
+        return
+    order = p[:, base + ORDER][:done]
+    xs = x.index_select(0, order)
+    mags = p[:, base + MAG].index_select(0, order)
+    a, b = bounds[0], bounds[n_lut]
+    if b > a:
+        xs[a:b] = lut_ops(xs[a:b], LUT_OPS, counts[:n_lut], mags[a:b])
+    a, b = b, bounds[n_lut + n_blend]
+    if b > a:
+        xs[a:b] = blend_ops(xs[a:b], BLEND_OPS, counts[n_lut:n_lut + n_blend], mags[a:b])
+    a, b = b, done
+    if b > a:
+        co = p[:, base + AFF:base + AFF + 6].index_select(0, order[a:b])
+        xs[a:b] = affine(xs[a:b], co)
+    x.index_copy_(0, order, xs)
 
 
 def cutout(x: Tensor, x0: Tensor, y0: Tensor, side: int, fill: int = CUTOUT_FILL) -> Tensor:
@@ -450,7 +454,7 @@ def cutout(x: Tensor, x0: Tensor, y0: Tensor, side: int, fill: int = CUTOUT_FILL
     dev = x.device
     cols = torch.arange(w, device=dev).view(1, w)
     rows = torch.arange(h, device=dev).view(1, h)
-    in_x = (cols >= x0[:, None]) & (cols <= x0[:, None] + side) & (x0[:, None] >= 0)
-    in_y = (rows >= y0[:, None]) & (rows <= y0[:, None] + side)
-    mask = (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1)
-    return torch.where(mask, torch.tensor(fill, dtype=x.dtype, device=dev), x)
+    in_x = ((cols >= x0[:, None]) & (cols <= x0[:, None] + side) & (x0[:, None] >= 0)).to(torch.uint8)
+    in_y = ((rows >= y0[:, None]) & (rows <= y0[:, None] + side)).to(torch.uint8)
+    mask = (in_y[:, :, None] * in_x[:, None, :]).unsqueeze(1)  # 1 inside the box
+    return x * (1 - mask) + mask * fill
