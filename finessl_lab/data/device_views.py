@@ -44,6 +44,7 @@ BLEND_OPS = ("Brightness", "Color", "Contrast", "Sharpness")
 AFFINE_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 #: images of one op slot are processed grouped in this order (then the ones whose op is not applied)
 GROUP_ORDER = LUT_OPS + BLEND_OPS + AFFINE_OPS + ("Identity",)
+_AFF_INDEX = np.array([AFFINE_OPS.index(name) if name in AFFINE_OPS else -1 for name in OP_NAMES])
 _RANK = np.array([GROUP_ORDER.index(name) for name in OP_NAMES] + [len(GROUP_ORDER)], dtype=np.int64)
 
 # columns of the parameter table (one int64 row per view)
@@ -192,12 +193,11 @@ class DeviceViews:
         ops, mags = d.ops[rows].numpy(), d.mags[rows].numpy()
         applied, neg = d.apply[rows].numpy(), d.negative[rows].numpy().astype(np.int64)
         table = affine_table(tw, th)
-        aff_index = np.array([AFFINE_OPS.index(name) if name in AFFINE_OPS else -1 for name in OP_NAMES])
         for s in range(slots):
             base = SLOT0 + SLOT_COLS * s
             op = np.where(applied[:, s], ops[:, s], -1)
             p[:, base + OP], p[:, base + MAG] = op, mags[:, s]
-            k = np.where(op >= 0, aff_index[np.maximum(op, 0)], -1)
+            k = np.where(op >= 0, _AFF_INDEX[np.maximum(op, 0)], -1)
             is_aff = k >= 0
             p[is_aff, base + AFF:base + AFF + 6] = table[k[is_aff], mags[is_aff, s], neg[is_aff, s]]
         return p
