@@ -249,6 +249,17 @@ def test_views_are_a_pure_function_of_seed_and_step_across_ranks_and_resume():
     assert torch.equal(made.u_strong2, normalize_uint8(views[4 + 24:], MEAN, STD))
 
 
+def test_labeled_only_batches():
+    """Algorithms without unlabeled data: only the labeled weak views are made."""
+    imgs = _images(20, seed=8)
+    src, _ = _source(imgs, n_unl=0)
+    raw = src[1]
+    assert raw.x.shape == (4, 3, 22, 22) and raw.u_index is None and raw.views.strong_rows == 0
+    made = _made(raw)
+    assert made.x.shape == (4, 3, 16, 16) and made.u_weak is None and made.u_strong1 is None
+    assert torch.equal(made.x, _made(_source(imgs)[0][1]).x)  # the labeled views do not depend on the rest
+
+
 def test_pending_batches_move_and_pin_with_their_parameters(monkeypatch):
     imgs = _images(20, seed=6)
     batch = _source(imgs)[0][0]

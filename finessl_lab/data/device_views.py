@@ -328,19 +328,18 @@ def affine(x: Tensor, co: Tensor) -> Tensor:
 
 @lru_cache(maxsize=None)
 def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lookup tables [10 magnitudes, 256] of Posterize and Solarize, and the blend factors [10] (float32)."""
-    ramp = np.arange(256)
-    post = np.stack([ramp & ~(2 ** (8 - (int(v * 4 / PARAMETER_MAX) + 4)) - 1) for v in range(PARAMETER_MAX)])
-    sol = np.stack([np.where(ramp < 256 - int(v * 256 / PARAMETER_MAX), ramp, 255 - ramp)
-                    for v in range(PARAMETER_MAX)])
-    return post.astype(np.int64), sol.astype(np.int64), np.array([_factor(v) for v in range(PARAMETER_MAX)],
-                                                                  dtype=np.float32)
+    """Per magnitude 0 .. 9: Posterize's bit mask (int(4 v / 10) + 4 bits kept), Solarize's threshold
+    (256 - int(256 v / 10); 255 at v = 0, a magnitude never drawn, to fit uint8), the blend factor (float32)."""
+    post = [(~(2 ** (8 - (int(v * 4 / PARAMETER_MAX) + 4)) - 1)) & 0xFF for v in range(PARAMETER_MAX)]
+    sol = [min(255, 256 - int(v * 256 / PARAMETER_MAX)) for v in range(PARAMETER_MAX)]
+    return (np.array(post, dtype=np.uint8), np.array(sol, dtype=np.uint8),
+            np.array([_factor(v) for v in range(PARAMETER_MAX)], dtype=np.float32))
 
 
 def auto_contrast_lut(x: Tensor) -> Tensor:
     """[m, C, 256] Pillow's ImageOps.autocontrast (cutoff 0) tables per image and band."""
-    lo = x.amin(dim=(2, 3)).to(torch.float64)
-    hi = x.amax(dim=(2, 3)).to(torch.float64)
+    lo, hi = torch.aminmax(x.reshape(*x.shape[:2], -1), dim=2)
+    lo, hi = lo.to(torch.float64), hi.to(torch.float64)
     ramp = torch.arange(256, device=x.device, dtype=torch.float64)
     scale = torch.full_like(hi, 255.0) / (hi - lo).clamp(min=1.0)  # (255.0 / t would multiply by 1 / t)
     offset = -lo * scale
@@ -376,7 +375,8 @@ def _const(table: np.ndarray, like: Tensor) -> Tensor:
 
 
 def lut_ops(x: Tensor, ops: tuple[str, ...], counts: list[int], mags: Tensor) -> Tensor:
-    """The lookup-table ops on ``x`` [m, C, H, W]: consecutive runs of ``counts[k]`` images take ``ops[k]``."""
+    """The lookup-table ops on ``x`` [m, C, H, W]: consecutive runs of ``counts[k]`` images take ``ops[k]``
+    (AutoContrast and Equalize through per-image tables, Posterize and Solarize as the tables' arithmetic)."""
     m, c, h, w = x.shape
     post, sol, _ = _tables()
     parts, at = [], 0
@@ -384,16 +384,15 @@ def lut_ops(x: Tensor, ops: tuple[str, ...], counts: list[int], mags: Tensor) ->
         if not k:
             continue
         sub, v = x[at:at + k], mags[at:at + k]
-        if name == "AutoContrast":
-            parts.append(auto_contrast_lut(sub))
-        elif name == "Equalize":
-            parts.append(equalize_lut(sub))
-        else:
-            parts.append(_const(post if name == "Posterize" else sol, x).index_select(0, v)[:, None, :]
-                         .expand(k, c, 256))
+        if name in ("AutoContrast", "Equalize"):
+            lut = auto_contrast_lut(sub) if name == "AutoContrast" else equalize_lut(sub)
+            parts.append(lut.gather(2, sub.reshape(k, c, h * w).to(torch.int64)).to(torch.uint8).view(k, c, h, w))
+        elif name == "Posterize":  # i & ~(2^(8 - bits) - 1)
+            parts.append(sub & _const(post, x).index_select(0, v).view(k, 1, 1, 1))
+        else:  # Solarize: i < threshold ? i : 255 - i
+            parts.append(torch.where(sub < _const(sol, x).index_select(0, v).view(k, 1, 1, 1), sub, 255 - sub))
         at += k
-    lut = torch.cat(parts) if len(parts) > 1 else parts[0]
-    return lut.gather(2, x.reshape(m, c, h * w).to(torch.int64)).to(torch.uint8).view(m, c, h, w)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def blend_ops(x: Tensor, ops: tuple[str, ...], counts: list[int], mags: Tensor) -> Tensor:
