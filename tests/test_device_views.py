@@ -150,10 +150,15 @@ def _made(batch):
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 @pytest.mark.parametrize("cfg", [_cfg(), _cfg(hflip=False, randaugment_ops=4, randaugment_magnitude=5),
-                                 _cfg(crop_padding=0, resize=20), _cfg(cutout=0.0)])
+                                 _cfg(crop_padding=0, resize=20), _cfg(cutout=0.0), _cfg(resize=17)])
 def test_whole_views_equal_the_pil_ops_composed_with_the_same_parameters(mode, cfg):
-    """Each view = PIL: crop of the padded image, flip, the drawn ops in order (magnitude, sign), cutout."""
-    imgs = _images(30, (18, 16) if cfg.resize == 20 else (16, 16), mode, seed=11)
+    """Each view = PIL: crop of the padded image, flip, the drawn ops in order (magnitude, sign), cutout.
+    (resize=17: images of three shapes, gathered zero-filled to the largest, each cropped within its own size.)"""
+    if cfg.resize == 17:
+        imgs = [im for k in range(10) for im in (_images(1, (16, 16), mode, seed=k) + _images(1, (24, 17), mode,
+                                                 seed=50 + k) + _images(1, (17, 30), mode, seed=90 + k))]
+    else:
+        imgs = _images(30, (18, 16) if cfg.resize == 20 else (16, 16), mode, seed=11)
     src, t = _source(imgs, cfg)
     on = t.on_device
     ra = on.strong
