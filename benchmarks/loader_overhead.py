@@ -17,11 +17,21 @@ of each is compared with the bare step:
   before     the pipeline as it was before issue 13's data-side fixes: fp32 transport, torchvision's RandomCrop
              (reflect padding through numpy), the RNGs saved and restored around every image (same views)
   naive      data.num_workers workers AND all cores as intra-op threads (the oversubscribed pre-fix setting)
+  device     the pipeline with data.views=device (data/device_views.py): no workers, all cores as threads, the
+             training process gathers the cached padded uint8 images, the views are made with batched torch ops
+             where the trainer normalises the batch (here the CPU). One source for all blocks, its cache warmed
+             first, as a run keeps its one in-process source (the pipeline's worker restarts at each block, so its
+             cache fills during the timed steps; it hides that work in its own process).
+  device-1t  the same with one intra-op thread: against bare-1t, the cost data.views=device adds to a step, which a
+             loaded machine distorts less than the 2-thread ways (OpenMP's barrier waits for a preempted thread) Its strong views are RandAugmentMC's: with the
+             'clean' fidelity's data.strong_aug=randaugment the other ways make torchvision RandAugment views
+             (``--set data.strong_aug=randaugment_mc`` makes every way use RandAugmentMC)
 
-``--ways`` picks some (default: bare bare-1t pipeline fp32 before; inline and naive run 2 threads next to other
-work, which on a loaded machine mostly measures the load).
+``--ways`` picks some (default: bare bare-1t pipeline fp32 before device; inline and naive run 2 threads next to
+other work, which on a loaded machine mostly measures the load).
 
-It also prints the cost of making one batch in-process (augmentation only, no training). Worker start-up is not
+It also prints the cost of making one batch in-process (augmentation only, no training; for data.views=device
+the host's gathering plus the device's view making, CPU time of one thread). Worker start-up is not
 timed (the first batch of each block is fetched before the clock starts).
 """
 from __future__ import annotations
@@ -74,8 +84,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="data.num_workers (the upper bound)")
     ap.add_argument("--set", nargs="*", default=[])
-    ap.add_argument("--ways", nargs="+", default=["bare", "bare-1t", "pipeline", "fp32", "before"],
-                    choices=["bare", "bare-1t", "pipeline", "inline", "fp32", "per-image", "before", "naive"])
+    ap.add_argument("--ways", nargs="+", default=["bare", "bare-1t", "pipeline", "fp32", "before", "device"],
+                    choices=["bare", "bare-1t", "pipeline", "inline", "fp32", "per-image", "before", "naive",
+                             "device", "device-1t"])
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="loader_overhead_"))
@@ -106,6 +117,11 @@ def main() -> None:
     per_image = replace(u8, weak=T.Compose(list(u8.weak.transforms)), strong=T.Compose(list(u8.strong.transforms)))
     assert per_image.batch_maker(per_image.weak) is None and u8.batch_maker(u8.weak) is not None
     ready = [source()[k] for k in range(n)]  # (a map-style dataset of unbounded index: no list())
+    on_dev = build_transforms(replace(cfg.resolved().data, strong_aug="randaugment_mc", views="device"),
+                              exp.transforms.mean, exp.transforms.std, uint8=True, device_views=True)
+    dev_source = source(on_dev)  # one source for all blocks, as a run keeps one (0 workers: the training process)
+    for k in range(n):
+        dev_source[k]  # its padded-image cache warm, as after a run's first pass over the images
 
     def loader(workers: int, transforms=u8):
         return torch.utils.data.DataLoader(source(transforms), batch_size=None, num_workers=workers,
@@ -130,14 +146,24 @@ def main() -> None:
                                                  num_workers=plan.workers, worker_init_fn=ignore_stop_signals
                                                  if plan.workers else None), args.steps)),
         "naive": lambda: with_threads(cores, lambda: timed_steps(trainer, loader(cfg.data.num_workers), args.steps)),
+        # data.views=device as build.py wires it: 0 workers, every core an intra-op thread
+        "device": lambda: with_threads(cores, lambda: timed_steps(
+            trainer, torch.utils.data.DataLoader(dev_source, batch_size=None, num_workers=0), args.steps)),
+        "device-1t": lambda: with_threads(1, lambda: timed_steps(
+            trainer, torch.utils.data.DataLoader(dev_source, batch_size=None, num_workers=0), args.steps)),
     }
     ways = {k: ways[k] for k in dict.fromkeys(["bare", "bare-1t"] + args.ways)}
     ms = {k: [] for k in ways}
-    make, make_slow = [], []
+    make, make_slow, make_dev = [], [], []
+    mean, std = exp.transforms.mean, exp.transforms.std
     for _ in range(args.blocks):
         for k, f in ways.items():
             ms[k].append(f())
         torch.set_num_threads(1)
+        t0 = time.process_time()
+        for k in range(args.steps):  # (the warm source of the device way)
+            dev_source[k].normalized(mean, std)
+        make_dev.append((time.process_time() - t0) / args.steps * 1e3)
         t0 = time.perf_counter()
         src = source()
         for k in range(args.steps):
@@ -159,7 +185,15 @@ def main() -> None:
     print(f"making one batch in-process (1 thread, no training): {statistics.median(make):.2f} ms "
           f"({' '.join(f'{x:.1f}' for x in make)}); image by image: {statistics.median(make_slow):.2f} ms "
           f"({' '.join(f'{x:.1f}' for x in make_slow)})")
-    print(f"target 1 (issue 13): pipeline / bare (the faster bare way) <= 1.25 -> {med['pipeline'] / limit:.2f}")
+    print(f"making one batch with data.views=device in-process (CPU time, 1 thread, gathering + views + "
+          f"normalising): {statistics.median(make_dev):.2f} ms ({' '.join(f'{x:.1f}' for x in make_dev)})")
+    if "pipeline" in med:
+        print(f"target 1 (issue 13): pipeline / bare (the faster bare way) <= 1.25 -> {med['pipeline'] / limit:.2f}")
+    if "device" in med:
+        print(f"target 1 with data.views=device: device / bare <= 1.25 -> {med['device'] / limit:.2f}")
+    if "device-1t" in med:
+        print(f"data.views=device adds {med['device-1t'] - med['bare-1t']:.2f} ms to a 1-thread step "
+              f"(device-1t / bare-1t = {med['device-1t'] / med['bare-1t']:.2f})")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,10 @@ def make_split_view(cfg: Config, targets: np.ndarray, split, uses_unlabeled: boo
 def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = True) -> Experiment:
     cfg = cfg.validate().resolved()  # fidelity items left at 'auto' take the values `cfg.fidelity` implies
     check_model_config(cfg.model)  # names and weights paths fail fast, before data or weights are loaded
+    if cfg.data.views == "device" and not cfg.run.feature_cache and cfg.data.strong_aug != "randaugment_mc":
+        raise UserError(f"data.views=device makes RandAugmentMC strong views only, not data.strong_aug="
+                        f"{cfg.data.strong_aug} (fidelity {cfg.fidelity}); set data.strong_aug=randaugment_mc "
+                        "or data.views=worker")
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.run.precision, device)
     root = cache_dir(cfg.run.cache_dir)
@@ -187,15 +191,20 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
                         labeled_features=labeled_feats, labeled_targets=y_lab,
                         generator=torch.Generator().manual_seed(cfg.run.seed)).to(device, weight_dtype(precision))
 
-    # training views: uint8 from the workers (data.transport), normalised on the device by the trainer
-    train_transforms = build_transforms(cfg.data, mean, std, uint8=cfg.data.transport == "uint8")
+    # training views: uint8 from the workers (data.transport), normalised on the device by the trainer; or
+    # (data.views=device) padded images gathered in the training process, every core training, the views made on
+    # the device (data/device_views.py)
+    on_device = cfg.data.views == "device"
+    train_transforms = build_transforms(cfg.data, mean, std, uint8=cfg.data.transport == "uint8",
+                                        device_views=on_device)
+    train_workers = 0 if on_device else workers
 
     def batches(first: int, total: int):
         ds = ImageBatches(bundle.train.images, view, train_transforms, first, total,
                           rank=(distributed.rank(), distributed.world_size()))  # torchrun: this rank's slice only
-        return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+        return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=train_workers,
                                            pin_memory=device.type == "cuda", persistent_workers=False,
-                                           worker_init_fn=ignore_stop_signals if workers else None)
+                                           worker_init_fn=ignore_stop_signals if train_workers else None)
 
     def image_eval(ds) -> EvalSet:
         loader = torch.utils.data.DataLoader(ImageViews(ds.images, transforms.test, stream=None, seed=0), batch_size=cfg.run.eval_batch_size,
@@ -210,4 +219,4 @@ def build_experiment(cfg: Config, uses_unlabeled: bool = True, progress: bool = 
     unl = image_eval(bundle.train.subset(split.unlabeled)) if _needs_unlabeled_pass(cfg) else None
     return Experiment(cfg, device, precision, bundle, split, view, model, batches, evals, None,
                       transforms=transforms, unlabeled_eval=unl, sharded=distributed.is_distributed(),
-                      intra_op_threads=threads if workers and device.type == "cpu" else None)
+                      intra_op_threads=threads if train_workers and device.type == "cpu" else None)

@@ -58,6 +58,10 @@ class DataConfig:
     transport: str = opt("uint8", choices=("uint8", "float32"),
                          help="image mode: training views travel from the workers as uint8 and are normalised on "
                               "the device (same values), or as normalised float32 (4x the bytes)")
+    views: str = opt("worker", choices=("worker", "device"),
+                     help="image mode: training views made per image with PIL's ops by the loader (worker: the "
+                          "official ops and draws) or batched in torch on the training device (device: the same "
+                          "ops pixel for pixel, other random draws; no loader workers; data/device_views.py)")
     # fidelity items (README "Fidelity"): 'auto' = filled from the top-level `fidelity`
     strong_aug: str = opt("auto", choices=("auto", "randaugment_mc", "randaugment"),
                           help="strong view: randaugment_mc (official FixMatch RandAugmentMC + 16 px cutout) or "

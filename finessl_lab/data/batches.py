@@ -9,6 +9,7 @@ labels and OOD flags.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,10 @@ class Batch:
     u_index: Tensor | None = None   # position in the unlabeled set (0 .. num_unlabeled-1)
     u_true: Tensor | None = None    # analysis only
     u_ood: Tensor | None = None     # analysis only
+    # data.views=device: the views are still to be made (device_views.PendingViews; ``x`` then holds the padded uint8
+    # images they are cut from, labeled then unlabeled, and u_weak/u_strong1/u_strong2 are None); :meth:`normalized`
+    # makes them on the device
+    views: Any = None
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         return Batch(**{f.name: None if getattr(self, f.name) is None
@@ -44,7 +49,10 @@ class Batch:
 
     def normalized(self, mean, std) -> "Batch":
         """uint8 image views (uint8 transport) -> fp32 normalised with ``mean``/``std`` where they lie (on the
-        device, after ``to``), exactly as the fp32 views would have been; float views are returned as they are."""
+        device, after ``to``), exactly as the fp32 views would have been; float views are returned as they are.
+        Pending views (data.views=device) are made here first, where the batch lies (data/device_views.py)."""
+        if self.views is not None:
+            return self._made_views(mean, std)
         if self.x.dtype != torch.uint8:  # float views (fp32 transport, cached features): nothing to do
             return self
         if mean is None or std is None:
@@ -53,6 +61,18 @@ class Batch:
         for name in VIEW_FIELDS:
             if out[name] is not None:
                 out[name] = normalize_uint8(out[name], mean, std)
+        return Batch(**out)
+
+    def _made_views(self, mean, std) -> "Batch":
+        if mean is None or std is None:
+            raise ValueError("uint8 views need the mean and std to normalise with")
+        views = normalize_uint8(self.views.make(self.x), mean, std)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        n = len(self.y)
+        out.update(x=views[:n], views=None)
+        if self.u_index is not None:
+            u = len(self.u_index)
+            out.update(u_weak=views[n:n + u], u_strong1=views[n + u:n + 2 * u], u_strong2=views[n + 2 * u:])
         return Batch(**out)
 
 
@@ -121,10 +141,12 @@ class ImageBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> Batch:
         step = self.first + k
-        lab, pos = self.split.draw(step)
-        ls, us = rank_slice(len(lab), *self.rank), rank_slice(len(pos), *self.rank)
-        lab, pos = lab[ls], pos[us]
+        lab_all, pos_all = self.split.draw(step)
+        ls, us = rank_slice(len(lab_all), *self.rank), rank_slice(len(pos_all), *self.rank)
+        lab, pos = lab_all[ls], pos_all[us]
         y = torch.as_tensor(self.split.targets[lab], dtype=torch.long)
+        if getattr(self.t, "on_device", None) is not None:  # data.views=device
+            return self._pending(step, y, lab, pos, (len(lab_all), ls), (len(pos_all), us))
         batch = Batch(x=self._views(self.t.weak, lab, 10, self.split.labeled_step(step), ls.start), y=y)
         if len(pos):
             uidx = self.split.unlabeled[pos]
@@ -134,6 +156,31 @@ class ImageBatches(torch.utils.data.Dataset):
             batch.u_index = torch.as_tensor(pos, dtype=torch.long)
             batch.u_true = torch.as_tensor(self.split.targets[uidx], dtype=torch.long)
             batch.u_ood = torch.as_tensor(self.split.ood[uidx], dtype=torch.bool)
+        return batch
+
+
+    def _pending(self, step: int, y: Tensor, lab: np.ndarray, pos: np.ndarray, lab_rows, pos_rows) -> Batch:
+        """data.views=device: the padded images and the drawn parameters of this rank's views (drawn for the
+        global batch, a generator per stream and step, then sliced), the views left to the device."""
+        from .device_views import draw, view_generator
+
+        dv, s = self.t.on_device, self.split.seed
+        if self._padded is None or self._padded.resize is not dv.resize:
+            self._padded = dv.cache(self.images)
+        uidx = self.split.unlabeled[pos]
+        images, sizes = dv.gather(self._padded, np.concatenate([lab, uidx]))  # one tensor: labeled, unlabeled
+        g = view_generator(s, 10, self.split.labeled_step(step))
+        parts = [dv.params(draw(g, lab_rows[0], None), lab_rows[1], sizes[:len(lab)], np.arange(len(lab)))]
+        batch = Batch(x=images, y=y)
+        if len(pos):
+            src = len(lab) + np.arange(len(uidx))
+            for stream, strong in ((11, None), (12, dv.strong), (13, dv.strong)):
+                d = draw(view_generator(s, stream, step), pos_rows[0], strong)
+                parts.append(dv.params(d, pos_rows[1], sizes[len(lab):], src))
+            batch.u_index = torch.as_tensor(pos, dtype=torch.long)
+            batch.u_true = torch.as_tensor(self.split.targets[uidx], dtype=torch.long)
+            batch.u_ood = torch.as_tensor(self.split.ood[uidx], dtype=torch.bool)
+        batch.views = dv.pending(parts, 2 * len(pos))
         return batch
 
 

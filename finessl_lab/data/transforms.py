@@ -141,6 +141,7 @@ class ViewTransforms:
     std: tuple | None = None
     uint8: bool = False         # True: weak and strong views are uint8 tensors (normalize_uint8 on the device)
     fast: Any = None            # fastviews.FastViews making ``weak`` / ``strong`` a batch at a time (same views)
+    on_device: Any = None       # device_views.DeviceViews: the training views are made on the device (data.views)
 
     def batch_maker(self, transform):
         """(FastViews, 'weak' | 'strong' | 'test') if ``transform`` is one of the views build_transforms made and it
@@ -157,12 +158,15 @@ STRONG_AUGS = ("randaugment_mc", "randaugment")
 TEST_VIEWS = ("resize", "center_crop")
 
 
-def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint8: bool = False) -> ViewTransforms:
+def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint8: bool = False,
+                     device_views: bool = False) -> ViewTransforms:
     """Views for a DataConfig-like ``cfg`` (image_size, resize, crop_padding, hflip, randaugment_ops,
     randaugment_magnitude, cutout, strong_aug, test_view) normalised with ``mean``/``std``. ``strong_aug`` and
     ``test_view`` left at 'auto' (or absent) take the official forms, the default fidelity's. ``uint8=True``: the
     weak and strong views stop before ``ToTensor`` + ``Normalize`` and return uint8 tensors, to be normalised on
-    the device with :func:`normalize_uint8` (the test view stays fp32 normalised)."""
+    the device with :func:`normalize_uint8` (the test view stays fp32 normalised). ``device_views=True``
+    (data.views=device): ImageBatches gathers padded images and the device makes the training views
+    (:class:`~finessl_lab.data.device_views.DeviceViews`, attached as ``on_device``)."""
     size, resize = int(cfg.image_size), int(cfg.resize)
     if resize < size:
         raise UserError(f"data.resize={resize} must be >= data.image_size={size} (resize first, then crop)")
@@ -199,6 +203,9 @@ def build_transforms(cfg: Any, mean: Sequence[float], std: Sequence[float], uint
     views.weak.batch_views, views.test.batch_views = (views.fast, "weak"), (views.fast, "test")
     if views.fast.strong is not None:
         views.strong.batch_views = (views.fast, "strong")
+    if device_views:
+        from .device_views import DeviceViews
+        views.on_device = DeviceViews(T.Resize(resize), (size, size), pad, bool(cfg.hflip), views.fast.strong)
     return views
 
 
