@@ -233,6 +233,10 @@ class PendingViews:
     def device(self) -> torch.device:
         return self.params.device
 
+    @property
+    def is_cpu(self) -> bool:  # (the trainer asks a batch's fields where they lie the way it asks tensors)
+        return self.params.is_cpu
+
     def to(self, device, non_blocking: bool = False) -> "PendingViews":
         return PendingViews(self.params.to(device, non_blocking=non_blocking), self.size, self.strong_rows,
                             self.counts, self.cutout)
