@@ -328,3 +328,35 @@ def test_device_views_train_end_to_end_without_loader_workers(tiny_clip_configs,
     weights = trainer.exp.model.trainable_state_dict()
     assert any(not torch.equal(v, trainer.exp.initial_state[k]) for k, v in weights.items())
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_padded_bank_gathers_what_stacking_gathers_and_steps_aside_when_it_cannot_hold_the_set(mode):
+    """gather from the bank (one uint8 [N, C, H, W] tensor filled on first use) = stacking the padded arrays;
+    over budget, or with images of several shapes, the bank gives up and gather stacks as before."""
+    t = build_transforms(_cfg(), MEAN, STD, uint8=True, device_views=True)
+    on = t.on_device
+    imgs = _images(12, mode=mode, seed=5)
+    idx = np.array([3, 0, 3, 11, 7])  # a repeat included
+    bank = on.cache(imgs)
+    got, sizes = on.gather(bank, idx)
+    assert bank._bank is not None and bank._filled.sum() == 4  # the bank is in use, holding what was asked
+    ref = on.gather(_stacking_cache(imgs, on), idx)
+    assert torch.equal(got, ref[0]) and np.array_equal(sizes, ref[1]) and got.dtype == torch.uint8
+    again, _ = on.gather(bank, np.array([11, 1]))
+    assert torch.equal(again, on.gather(_stacking_cache(imgs, on), np.array([11, 1]))[0])
+    small = on.cache(imgs, max_bytes=got[0].numel() * 11)  # 12 images do not fit: no bank
+    assert torch.equal(on.gather(small, idx)[0], got) and small._off and small._bank is None
+    mixed = imgs[:6] + _images(6, (20, 18), mode, seed=6)
+    m = on.cache(mixed)
+    on.gather(m, np.array([0, 1]))
+    assert m._bank is not None
+    both, sz = on.gather(m, np.array([1, 8]))  # a second shape: the bank steps aside, zero-filled stacking
+    assert m._off and both.shape[2:] == (max(sz[:, 0]), max(sz[:, 1]))
+    assert torch.equal(both, on.gather(_stacking_cache(mixed, on), np.array([1, 8]))[0])
+
+
+def _stacking_cache(imgs, on):
+    """The stacking path's cache (fastviews.PaddedImages), for reference."""
+    from finessl_lab.data.fastviews import PaddedImages
+    return PaddedImages(imgs, on.resize, on.pad)
