@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -107,9 +108,30 @@ def torch_save_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
+def _compact(obj):
+    """``obj`` with every tensor that views a larger storage replaced by a copy of just its elements: torch.save
+    writes a view's whole storage (a stacked run's parameters are views of the [K, ...] tensors of all K runs).
+    dicts (state dicts' ``_metadata`` kept), lists and tuples are walked; anything else is left as it is."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if obj.layout == torch.strided and obj.untyped_storage().nbytes() > obj.numel() * obj.element_size():
+            return obj.detach().clone()
+        return obj
+    if isinstance(obj, dict) and type(obj) in (dict, OrderedDict):
+        out = type(obj)((k, _compact(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_compact(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path, obj) -> Path:
-    """torch.save ``obj`` with a magic header, the payload's SHA-256 and length, atomically."""
-    payload = torch_save_bytes(obj)
+    """torch.save ``obj`` with a magic header, the payload's SHA-256 and length, atomically (views of larger
+    tensors saved as their own elements only)."""
+    payload = torch_save_bytes(_compact(obj))
     header = _CKPT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b" " + str(len(payload)).encode() + b"\n"
     return write_bytes(path, header + payload)
 

@@ -619,3 +619,22 @@ def test_image_mode_with_workers_survives_a_signal_to_the_whole_process_group(tm
         os.killpg(p.pid, 0)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), pd.read_csv(ref / "metrics.csv"), check_exact=True)
+
+
+def test_a_checkpoint_holds_a_view_of_a_larger_tensor_as_its_own_elements_only(tmp_path):
+    """torch.save writes a view's whole storage: a stacked run's parameters are views of the [K, ...] tensors of
+    all K runs, so its checkpoint held every run's weights. Views are saved compact, values, dtypes, nesting and a
+    state dict's _metadata unchanged; tensors that own their storage are saved as they are."""
+    import collections
+
+    big = torch.arange(9 * 1000, dtype=torch.float32).view(9, 1000)
+    sd = collections.OrderedDict(weight=big[4], whole=torch.ones(3))
+    sd._metadata = {"": {"version": 2}}
+    obj = {"model": sd, "pace": [big[1, :10], (big[2, 5:7],)], "step": 3}
+    path = io.save_checkpoint(tmp_path / "c.pt", obj)
+    assert path.stat().st_size < 9 * 1000 * 4 / 3  # one row of 9 plus overhead, not the 36 kB storage
+    back = io.load_checkpoint(path)
+    assert torch.equal(back["model"]["weight"], big[4]) and back["model"]["weight"].untyped_storage().nbytes() == 4000
+    assert back["model"]._metadata == {"": {"version": 2}} and isinstance(back["model"], collections.OrderedDict)
+    assert torch.equal(back["pace"][0], big[1, :10]) and torch.equal(back["pace"][1][0], big[2, 5:7])
+    assert isinstance(back["pace"][1], tuple) and back["step"] == 3 and torch.equal(back["model"]["whole"], torch.ones(3))
