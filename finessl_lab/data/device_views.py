@@ -273,7 +273,7 @@ class PaddedBank:
                 if a is None or a.shape != shape:
                     self._give_up()
                     return None
-                self._bank[i] = torch.from_numpy(a).permute(2, 0, 1)
+                self._bank.numpy()[i] = a.transpose(2, 0, 1)  # (numpy copies from the read-only cached array)
                 self._filled[i] = True
         return self._bank.index_select(0, torch.from_numpy(idx))
 
