@@ -32,6 +32,27 @@ from . import metrics as M
 
 RECORDS_DIR = "records"
 TABLES = ("samples", "class_distribution", "epoch_metrics", "class_accuracy")
+#: the per-step recorders keep the steps' own record tensors and process them together (one cat and a few ops
+#: for up to this many steps or elements, instead of ~6 small ops every step; the same values)
+DEFER_STEPS, DEFER_ELEMENTS = 64, 1 << 23
+
+
+class _Deferred:
+    """Step records kept as they came (detached references, on their device) until :meth:`take`."""
+
+    def __init__(self):
+        self.items: list[tuple] = []
+        self.elements = 0
+
+    def add(self, item: tuple, elements: int) -> bool:
+        """Keep ``item``; True when it is time to process what is kept."""
+        self.items.append(item)
+        self.elements += elements
+        return len(self.items) >= DEFER_STEPS or self.elements >= DEFER_ELEMENTS
+
+    def take(self) -> list[tuple]:
+        items, self.items, self.elements = self.items, [], 0
+        return items
 
 
 def _has_parquet() -> bool:
@@ -184,17 +205,27 @@ class ClassDistributionRecorder(_Recorder):
         self.counts = torch.zeros(self.num_classes, dtype=torch.long)
         self.masked = torch.zeros(self.num_classes, dtype=torch.long)
         self.rows: list[dict] = []
+        self._steps = _Deferred()
 
     def on_step(self, r: StepRecord) -> None:
-        if r.pseudo_label is None:
+        if r.pseudo_label is not None and self._steps.add((r.pseudo_label.detach(), r.mask.detach()),
+                                                          r.pseudo_label.numel()):
+            self._count()
+
+    def _count(self) -> None:
+        """Count the kept steps' pseudo-labels on their device (no host sync)."""
+        items = self._steps.take()
+        if not items:
             return
-        pl = r.pseudo_label.detach()
-        if self.counts.device != pl.device:  # counted on the training device: no host sync per step
+        pl = torch.cat([p for p, _ in items])
+        mask = torch.cat([m for _, m in items])
+        if self.counts.device != pl.device:
             self.counts, self.masked = self.counts.to(pl.device), self.masked.to(pl.device)
         self.counts.index_add_(0, pl, torch.ones_like(pl))
-        self.masked.index_add_(0, pl, (r.mask.detach() > 0).long())
+        self.masked.index_add_(0, pl, (mask > 0).long())
 
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
+        self._count()
         counts, masked = self.counts.tolist(), self.masked.tolist()  # one host read per epoch
         total, mtotal = sum(counts), sum(masked)
         if total:
@@ -214,6 +245,7 @@ class ClassDistributionRecorder(_Recorder):
         return {"class_distribution": self.frame()}
 
     def state_dict(self) -> dict:
+        self._count()
         return {"counts": self.counts.cpu().clone(), "masked": self.masked.cpu().clone(), "rows": list(self.rows)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -243,17 +275,31 @@ class EpochMetricsRecorder(_Recorder):
 
     def _reset_epoch(self) -> None:
         self.buf: dict[str, list] = {"main": [], "aux": [], "correct": [], "ood": []}
+        self._steps = _Deferred()
 
     def on_step(self, r: StepRecord) -> None:
         if r.pseudo_label is None:
             return
-        # kept on the device (no host sync per step); concatenated and read once per epoch
-        pl = r.pseudo_label.detach()
-        self.buf["main"].append(r.probs_main.detach().max(dim=1).values)
-        if r.probs_aux is not None:
-            self.buf["aux"].append(r.probs_aux.detach().max(dim=1).values)
-        ood = r.is_ood.detach().bool() if r.is_ood is not None else torch.zeros(len(pl), dtype=torch.bool, device=pl.device)
-        self.buf["correct"].append((pl == r.y_true.detach()) & ~ood)
+        # kept on the device (no host sync per step): the steps' tensors, reduced every DEFER_STEPS steps
+        item = (r.pseudo_label.detach(), r.probs_main.detach(), None if r.probs_aux is None else r.probs_aux.detach(),
+                r.y_true.detach(), None if r.is_ood is None else r.is_ood.detach())
+        if self._steps.add(item, r.probs_main.numel() * (1 if r.probs_aux is None else 2)):
+            self._reduce()
+
+    def _reduce(self) -> None:
+        """The kept steps' max confidences and pseudo-label correctness, appended to the epoch's buffer."""
+        items = self._steps.take()
+        if not items:
+            return
+        pl = torch.cat([it[0] for it in items])
+        self.buf["main"].append(torch.cat([it[1] for it in items]).max(dim=1).values)
+        if all(it[2] is not None for it in items):
+            self.buf["aux"].append(torch.cat([it[2] for it in items]).max(dim=1).values)
+        else:  # (a step without aux probabilities: per step, as each came)
+            self.buf["aux"] += [it[2].max(dim=1).values for it in items if it[2] is not None]
+        ood = torch.cat([it[4].bool() if it[4] is not None else torch.zeros(len(it[0]), dtype=torch.bool,
+                                                                             device=it[0].device) for it in items])
+        self.buf["correct"].append((pl == torch.cat([it[3] for it in items])) & ~ood)
         self.buf["ood"].append(ood)
 
     def _test_metrics(self, epoch: int) -> dict:
@@ -289,6 +335,7 @@ class EpochMetricsRecorder(_Recorder):
 
     def on_epoch_end(self, epoch: int, row: dict) -> dict | None:
         out: dict = {}
+        self._reduce()
         if self.buf["main"]:
             main, correct, ood = (torch.cat(self.buf[k]).cpu() for k in ("main", "correct", "ood"))
             aux = torch.cat(self.buf["aux"]).cpu() if self.buf["aux"] else None
@@ -314,6 +361,7 @@ class EpochMetricsRecorder(_Recorder):
 
     def state_dict(self) -> dict:
         # the per-epoch buffer is empty at every epoch-end checkpoint; a mid-epoch checkpoint keeps it too
+        self._reduce()
         return {"rows": list(self.rows), "class_rows": list(self.class_rows),
                 "buf": {k: [torch.cat(v).cpu()] if v else [] for k, v in self.buf.items()}}
 
