@@ -83,27 +83,18 @@ class FineSSL(Algorithm):
     # 1. margins (from the pace before the batch) ... 4. pace update after the losses
     def observe(self, index: Tensor, probs_w: Tensor) -> None:
         c = self._step_cache
-        c["top"] = probs_w.max(dim=1)  # (confidence, pseudo-label), read by the mask, the label and the pace
-        if self.opts.margin_timing == "after":
-            self.pace.update(index, probs_w, c["top"])
+        if self.opts.margin_timing == "after":  # (weak_top: the step's one max, read by the mask and the label too)
+            self.pace.update(index, probs_w, self.weak_top(probs_w))
         self._set_margins(probs_w.device)
         c["table"] = margin_table(self.margins, self._off_diagonal(probs_w.device))
 
     def after_losses(self, index: Tensor, probs_w: Tensor) -> None:
         if self.opts.margin_timing == "before":
-            self.pace.update(index, probs_w, self._step_cache.get("top"))
+            self.pace.update(index, probs_w, self.weak_top(probs_w))
         self._step_cache = {}
 
-    def _top(self, probs_w: Tensor):
-        top = self._step_cache.get("top")
-        return top if top is not None else probs_w.max(dim=1)
-
-    def pseudo_label(self, probs_w: Tensor) -> Tensor:
-        top = self._step_cache.get("top") or self._top(probs_w)  # (the method only outside a step)
-        return top.indices  # = probs_w.argmax(dim=1) (first maximum, as argmax)
-
     def mask(self, probs_w: Tensor) -> Tensor:
-        keep = (self._step_cache.get("top") or self._top(probs_w)).values >= self.cfg.threshold
+        keep = self.weak_top(probs_w).values >= self.cfg.threshold
         self._step_cache["keep"] = keep  # the boolean form for the aux head's masked mean
         return keep.float()
 

@@ -113,7 +113,7 @@ class CosineHead(nn.Module):
     def _forward(self, features: Tensor) -> Tensor:
         # unit rows of the features; inside normalised_once computed once per input tensor for all heads (the main
         # and aux heads read the same views; a detached input reuses the normalised rows, detached). Written
-        # inline, unit_rows' ops included: this runs six times per training step.
+        # inline: this runs six times per training step.
         x = features if features.dtype == torch.float32 else features.float()
         cache = self._features
         f = None
@@ -128,7 +128,7 @@ class CosineHead(nn.Module):
                 elif not f.requires_grad:  # cached from a detached view: this input needs the graph
                     f = None
         if f is None:
-            f = x / torch.linalg.vector_norm(x, 2, -1, True).clamp_min(1e-12).expand_as(x)  # = unit_rows(x)
+            f = unit_rows(x)
             if cache is not None:
                 cache[key] = (features, f)  # holding the input keeps its memory (and so the key) from being reused
         once = self._once
