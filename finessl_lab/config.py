@@ -463,9 +463,18 @@ def load_yaml(path: str | Path) -> dict:
 def diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two configs (for resume compatibility), compared after filling
     'auto' fidelity items, so a run's config.yaml (explicit values) matches the preset it came from."""
-    a, b = a.resolved(), b.resolved()
-    av = {k: v for k, v, _ in iter_leaves(a)}
-    return [k for k, v, _ in iter_leaves(b) if av.get(k) != v and not k.startswith(ignore)]
+    return diff_leaves(leaves(a), leaves(b), ignore)
+
+
+def leaves(cfg: Config, resolved: bool = False) -> dict:
+    """{dotted key: value} of ``cfg`` after filling its 'auto' fidelity items (``resolved=True``: ``cfg`` is
+    resolved already), what :func:`diff` compares; to compare one config with many, compute it once."""
+    return {k: v for k, v, _ in iter_leaves(cfg if resolved else cfg.resolved())}
+
+
+def diff_leaves(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """:func:`diff` of two configs from their :func:`leaves`."""
+    return [k for k, v in b.items() if a.get(k) != v and not k.startswith(ignore)]
 
 
 def get_dotted(cfg, dotted: str):

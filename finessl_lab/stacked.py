@@ -54,25 +54,14 @@ STACK_FREE = ("run.seed", "optim.lr", "optim.momentum", "optim.weight_decay", "o
               "optim.warmup_steps", "algorithm.")
 
 
-def _leaves(cfg, resolved: bool = False) -> dict:
-    """{dotted key: value} of ``cfg`` after filling its 'auto' fidelity items (what config.diff compares),
-    computed once per config instead of once per comparison (a resolve deep-copies the config tree)."""
-    from .config import iter_leaves
-
-    return {k: v for k, v, _ in iter_leaves(cfg if resolved else cfg.resolved())}
-
-
-def _changed(a: dict, b: dict) -> list[str]:
-    """config.diff of two configs from their :func:`_leaves`."""
-    return [k for k, v in b.items() if a.get(k) != v]
-
-
 def stackable(trainers: list[Trainer]) -> str | None:
     """None if these trainers can train stacked, else the reason in one line."""
     if len(trainers) < 2:
         return "fewer than 2 runs"
+    from .config import diff_leaves, leaves
+
     t0 = trainers[0]
-    first = _leaves(t0.cfg)
+    first = leaves(t0.cfg)
     for t in trainers:
         e, cfg = t.exp, t.cfg
         if e.model.backbone is not None or not cfg.run.feature_cache:
@@ -83,7 +72,7 @@ def stackable(trainers: list[Trainer]) -> str | None:
             return f"algorithm {cfg.algorithm.name!r} declares no stack_state (stackable: supervised, fixmatch, finessl)"
         if t.step != 0:
             return f"run {cfg.run.seed}: resumes at step {t.step} (only fresh runs are stacked)"
-        changed = [k for k in _changed(first, _leaves(cfg)) if not k.startswith(STACK_FREE)]
+        changed = diff_leaves(first, leaves(cfg), STACK_FREE)
         if changed:
             return f"runs differ in {', '.join(changed)} (stacked runs may differ only in {', '.join(STACK_FREE)})"
         if type(t.algorithm) is not type(t0.algorithm) or e.device != t0.exp.device:
@@ -599,18 +588,19 @@ _SHARED_BUILD_FREE = ("run.seed", "optim.", "algorithm.", "run.epochs", "run.ste
                       "run.checkpoint_every", "run.nan_policy", "run.record", "run.tensorboard", "run.progress")
 
 
-def _shares_build(base, cfg, leaves: tuple[dict, dict] | None = None) -> bool:
+def _shares_build(base, cfg, cfg_leaves: tuple[dict, dict] | None = None) -> bool:
     """Can ``cfg``'s experiment (``cfg`` validated and resolved) reuse ``base``'s data set and feature cache?
     Only head-level runs whose backbone does not depend on the seed (not scratch_cnn) and whose heads need no text
-    prototypes. ``leaves``: the :func:`_leaves` of ``base.cfg`` and ``cfg`` if already computed."""
+    prototypes. ``cfg_leaves``: the :func:`~finessl_lab.config.leaves` of ``base.cfg`` and ``cfg`` if already
+    computed."""
+    from .config import diff_leaves, leaves
     from .models.backbones import SCRATCH_CNN
 
     c = base.cfg
     return (base.features is not None and base.model.backbone is None and c.run.feature_cache
             and c.model.peft == "linear" and c.model.backbone != SCRATCH_CNN
             and c.model.head_init not in ("prototype", "text")
-            and not [k for k in _changed(*(leaves or (_leaves(c), _leaves(cfg, resolved=True))))
-                     if not k.startswith(_SHARED_BUILD_FREE)])
+            and not diff_leaves(*(cfg_leaves or (leaves(c), leaves(cfg, resolved=True))), _SHARED_BUILD_FREE))
 
 
 def _sibling_experiment(base, cfg, clean: Tensor | None = None):
@@ -656,19 +646,20 @@ def build_experiments(cfgs: list, progress: bool = True) -> list:
     any other is built on its own."""
     from .algorithms import REGISTRY
     from .build import build_experiment
+    from .config import leaves
 
     exps: list = []
-    leaves: dict = {}  # _leaves of each built experiment's config
+    built_leaves: dict = {}  # config.leaves of each built experiment's config (a resolve deep-copies the tree)
 
     def _leaves_of(e) -> dict:
-        if id(e) not in leaves:
-            leaves[id(e)] = _leaves(e.cfg)
-        return leaves[id(e)]
+        if id(e) not in built_leaves:
+            built_leaves[id(e)] = leaves(e.cfg)
+        return built_leaves[id(e)]
 
     clean: dict = {}  # fp32 clean train features per base (20 MB at 4,000 x 1,280: converted once, not per run)
     for c in cfgs:
         resolved = c.validate().resolved() if exps else None  # once per config (validation, fidelity, copies)
-        mine = _leaves(resolved, resolved=True) if exps else None
+        mine = leaves(resolved, resolved=True) if exps else None
         base = next((e for e in exps if _shares_build(e, resolved, (_leaves_of(e), mine))), None)
         if base is None:
             exps.append(build_experiment(c, uses_unlabeled=REGISTRY[c.algorithm.name].uses_unlabeled,
