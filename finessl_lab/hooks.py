@@ -68,6 +68,30 @@ class Hook:
         """Restore the state given by :meth:`state_dict` when a run resumes."""
 
 
+class DeferredSteps:
+    """What per-step hooks keep of the steps' records (references on their device, not copies: hooks must not
+    modify a record's tensors in place) until they process them together: one cat and a few ops per batch of
+    steps instead of a few small ops every step. :meth:`add` says when ``max_steps`` steps or ``max_elements``
+    tensor elements are kept."""
+
+    def __init__(self, max_steps: int = 64, max_elements: int | None = None):
+        self.max_steps, self.max_elements = int(max_steps), max_elements
+        self.items: list[tuple] = []
+        self.elements = 0
+
+    def add(self, item: tuple, elements: int = 0) -> bool:
+        """Keep ``item``; True when it is time to process what is kept."""
+        self.items.append(item)
+        self.elements += elements
+        return len(self.items) >= self.max_steps or (self.max_elements is not None
+                                                     and self.elements >= self.max_elements)
+
+    def take(self) -> list[tuple]:
+        """What is kept (then nothing is)."""
+        items, self.items, self.elements = self.items, [], 0
+        return items
+
+
 @dataclass
 class PseudoLabelMonitor(Hook):
     """Per-epoch pseudo-label quality: accuracy over all and over masked samples, mask ratio, and the
@@ -91,7 +115,7 @@ class PseudoLabelMonitor(Hook):
 
     def __post_init__(self):
         self.counts = torch.zeros(self.num_classes, dtype=torch.long)
-        self._steps: list[tuple] = []  # (pseudo_label, mask, y_true, is_ood) of the steps not counted yet
+        self._steps = DeferredSteps(self.count_every)  # (pseudo_label, mask, y_true, is_ood) not counted yet
         # on the device: rows per cell pl + C * masked + 2 C * correct, this epoch so far
         self._table: Tensor | None = None
 
@@ -100,13 +124,12 @@ class PseudoLabelMonitor(Hook):
         if pl is None:
             return
         self.seen += pl.shape[0]
-        self._steps.append((pl, r.mask, r.y_true, r.is_ood))
-        if len(self._steps) >= self.count_every:
+        if self._steps.add((pl, r.mask, r.y_true, r.is_ood)):
             self._count()
 
     def _count(self) -> None:
         """Count the kept steps' rows into the device table (no host sync)."""
-        steps, self._steps = self._steps, []
+        steps = self._steps.take()
         if not steps:
             return
         dev = steps[0][0].device
@@ -163,7 +186,7 @@ class PseudoLabelMonitor(Hook):
                 "masked": self.masked, "masked_correct": self.masked_correct}
 
     def load_state_dict(self, state: dict) -> None:
-        self._table, self._steps = None, []
+        self._table, self._steps = None, DeferredSteps(self.count_every)
         self.counts = state.get("counts", torch.zeros(self.num_classes, dtype=torch.long)).clone()
         for k in ("seen", "correct", "masked", "masked_correct"):
             setattr(self, k, state.get(k, 0))

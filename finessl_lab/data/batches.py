@@ -160,7 +160,6 @@ class ImageBatches(torch.utils.data.Dataset):
             batch.u_ood = torch.as_tensor(self.split.ood[uidx], dtype=torch.bool)
         return batch
 
-
     def _pending(self, step: int, y: Tensor, lab: np.ndarray, pos: np.ndarray, lab_rows, pos_rows) -> Batch:
         """data.views=device: the padded images and the drawn parameters of this rank's views (drawn for the
         global batch, a generator per stream and step, then sliced), the views left to the device."""

@@ -27,32 +27,14 @@ import torch
 
 from .. import io
 from ..errors import UserError
-from ..hooks import Hook, StepRecord
+from ..hooks import DeferredSteps, Hook, StepRecord
 from . import metrics as M
 
 RECORDS_DIR = "records"
 TABLES = ("samples", "class_distribution", "epoch_metrics", "class_accuracy")
-#: the per-step recorders keep the steps' own record tensors and process them together (one cat and a few ops
-#: for up to this many steps or elements, instead of ~6 small ops every step; the same values)
+#: the per-step recorders keep the steps' own record tensors and process them together (hooks.DeferredSteps: one
+#: cat and a few ops for up to this many steps or elements, instead of ~6 small ops every step; the same values)
 DEFER_STEPS, DEFER_ELEMENTS = 64, 1 << 23
-
-
-class _Deferred:
-    """Step records kept as they came (detached references, on their device) until :meth:`take`."""
-
-    def __init__(self):
-        self.items: list[tuple] = []
-        self.elements = 0
-
-    def add(self, item: tuple, elements: int) -> bool:
-        """Keep ``item``; True when it is time to process what is kept."""
-        self.items.append(item)
-        self.elements += elements
-        return len(self.items) >= DEFER_STEPS or self.elements >= DEFER_ELEMENTS
-
-    def take(self) -> list[tuple]:
-        items, self.items, self.elements = self.items, [], 0
-        return items
 
 
 def _has_parquet() -> bool:
@@ -205,7 +187,7 @@ class ClassDistributionRecorder(_Recorder):
         self.counts = torch.zeros(self.num_classes, dtype=torch.long)
         self.masked = torch.zeros(self.num_classes, dtype=torch.long)
         self.rows: list[dict] = []
-        self._steps = _Deferred()
+        self._steps = DeferredSteps(DEFER_STEPS, DEFER_ELEMENTS)
 
     def on_step(self, r: StepRecord) -> None:
         if r.pseudo_label is not None and self._steps.add((r.pseudo_label.detach(), r.mask.detach()),
@@ -275,7 +257,7 @@ class EpochMetricsRecorder(_Recorder):
 
     def _reset_epoch(self) -> None:
         self.buf: dict[str, list] = {"main": [], "aux": [], "correct": [], "ood": []}
-        self._steps = _Deferred()
+        self._steps = DeferredSteps(DEFER_STEPS, DEFER_ELEMENTS)
 
     def on_step(self, r: StepRecord) -> None:
         if r.pseudo_label is None:
