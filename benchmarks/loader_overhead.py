@@ -23,9 +23,11 @@ of each is compared with the bare step:
              first, as a run keeps its one in-process source (the pipeline's worker restarts at each block, so its
              cache fills during the timed steps; it hides that work in its own process).
   device-1t  the same with one intra-op thread: against bare-1t, the cost data.views=device adds to a step, which a
-             loaded machine distorts less than the 2-thread ways (OpenMP's barrier waits for a preempted thread) Its strong views are RandAugmentMC's: with the
-             'clean' fidelity's data.strong_aug=randaugment the other ways make torchvision RandAugment views
-             (``--set data.strong_aug=randaugment_mc`` makes every way use RandAugmentMC)
+             loaded machine distorts less than the 2-thread ways (OpenMP's barrier waits for a preempted thread)
+
+The device ways' strong views are RandAugmentMC's: with the 'clean' fidelity's data.strong_aug=randaugment the
+other ways make torchvision RandAugment views (``--set data.strong_aug=randaugment_mc`` makes every way use
+RandAugmentMC).
 
 ``--ways`` picks some (default: bare bare-1t pipeline fp32 before device; inline and naive run 2 threads next to
 other work, which on a loaded machine mostly measures the load).
